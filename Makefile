@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:
+#   make serve   -- venv, install, run the server on its built-in default model
+#   make test    -- venv, install, run the whole test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch lies on this machine's disk; install it before anything
+# that depends on torch, or pip resolves a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: serve test install proto lint docker-e2e
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+serve: $(BIN)/.installed
+	$(BIN)/seqinfer serve $(ARGS)
+
+test: $(BIN)/.installed
+	bash scripts/test-services.sh
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+proto: $(BIN)/.installed
+	PYTHON=$(BIN)/python PATH=$(abspath $(BIN)):$$PATH scripts/gen_proto.sh
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy

@@ -1,0 +1,1 @@
+"""The seqinfer server: stateful, batched GRU inference over gRPC."""

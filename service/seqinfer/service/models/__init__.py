@@ -1,0 +1,1 @@
+"""Model specifications, weights, loading and the registry of served models."""
