@@ -1,0 +1,31 @@
+"""The `seqinfer` command line.
+
+Each command group lives in its own module and registers itself here. Client
+commands must not import torch (only `serve` and model tooling do, lazily),
+so that `seqinfer session ...` starts fast and works from a client-only install.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="seqinfer",
+    help="Stateful, batched GRU inference over gRPC. Start with `seqinfer serve`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_commands() -> None:
+    from seqinfer.cli import serve
+
+    serve.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    app()
