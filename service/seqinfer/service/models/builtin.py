@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from seqinfer.service.models.spec import InputKind, LoadedModel, ModelSpec, OutputKind
 
 # Served when a request names no model and by `seqinfer serve` with no repository.
@@ -30,6 +29,7 @@ def seeded_dense_model(
         output_kind=OutputKind.VALUES,
         output_size=output_size,
         description=f"seeded random GRU {input_size}->{hidden_size}x{num_layers}->{output_size}",
+        source="builtin",
     )
     generator = torch.Generator().manual_seed(seed)
     bound = 1.0 / math.sqrt(hidden_size)

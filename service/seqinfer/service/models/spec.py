@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
-
 from seqinfer.service.errors import ModelLoadError
+from seqinfer.service.models.config import CharTokenizer
 
 
 class InputKind(StrEnum):
@@ -63,6 +63,11 @@ class ModelSpec:
     embedding_dim: int = 0
     dtype: str = "float32"
     description: str = ""
+    # How text maps to token ids, for token models that come with one (the
+    # built-in char model); clients such as the demo read it from the config.
+    tokenizer: CharTokenizer | None = None
+    # Where the model was loaded from (a directory, or "builtin"), for messages.
+    source: str = ""
 
     @property
     def key(self) -> str:
@@ -116,7 +121,9 @@ class ModelSpec:
             if value <= 0:
                 raise ModelLoadError(origin, f"{name} must be positive, got {value}")
         if self.dtype not in DTYPES:
-            raise ModelLoadError(origin, f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise ModelLoadError(
+                origin, f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"
+            )
 
 
 OPTIONAL_SUFFIXES = ("bias_ih_l", "bias_hh_l", "head.bias")
