@@ -19,9 +19,10 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from seqinfer.cli import serve
+    from seqinfer.cli import health_cmd, serve
 
     serve.register(app)
+    health_cmd.register(app)
 
 
 _register_commands()
