@@ -1,0 +1,477 @@
+"""The gRPC servicer: protobuf in, domain calls, protobuf out.
+
+Each handler converts the request (``*_from_pb``), calls the router /
+runtime, and converts the result (``*_to_pb``). Errors are domain
+exceptions; ``_handle`` turns them into a status with ErrorInfo for unary
+calls, and ``_result_error`` into a per-item ``StepResult.error`` for
+streams and StepMany, both through ``status.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from seqinfer.service import inputs
+from seqinfer.service.config import Settings
+from seqinfer.service.engine import OutputMode
+from seqinfer.service.errors import Draining, InvalidInput, SeqinferError, TooLarge
+from seqinfer.service.models.spec import InputKind, ModelSpec, OutputKind
+from seqinfer.service.observer import Observer
+from seqinfer.service.router import Router, check_session_id, check_ttl
+from seqinfer.service.runtime import ModelRuntime
+from seqinfer.service.scheduler import StepItem, StepOutcome
+from seqinfer.service.state import Session
+from seqinfer.service.status import internal, to_grpc_status, to_status_proto
+from seqinfer.service.tensors import PROTO_DTYPES, encode
+from seqinfer.v1 import seqinfer_pb2 as pb
+from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+_OUTPUT_MODES = {
+    pb.OUTPUT_MODE_UNSPECIFIED: OutputMode.LAST,
+    pb.OUTPUT_MODE_LAST: OutputMode.LAST,
+    pb.OUTPUT_MODE_ALL: OutputMode.ALL,
+    pb.OUTPUT_MODE_NONE: OutputMode.NONE,
+}
+_INPUT_KINDS = {InputKind.TOKENS: pb.INPUT_KIND_TOKENS, InputKind.DENSE: pb.INPUT_KIND_DENSE}
+_OUTPUT_KINDS = {
+    OutputKind.LOGITS: pb.OUTPUT_KIND_LOGITS,
+    OutputKind.PROBABILITIES: pb.OUTPUT_KIND_PROBABILITIES,
+    OutputKind.VALUES: pb.OUTPUT_KIND_VALUES,
+    OutputKind.HIDDEN: pb.OUTPUT_KIND_HIDDEN,
+}
+
+
+class Lifecycle:
+    """Shared flag the server flips when it starts draining."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def check(self) -> None:
+        if self.draining:
+            raise Draining("server is shutting down; retry on another replica")
+
+
+# ------------------------------------------------------------ conversions --
+
+
+def model_to_pb(runtime: ModelRuntime) -> pb.ModelInfo:
+    spec = runtime.spec
+    return pb.ModelInfo(
+        name=spec.name,
+        version=spec.version,
+        input_kind=_INPUT_KINDS[spec.input_kind],
+        input_size=spec.input_size,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        output_kind=_OUTPUT_KINDS[spec.output_kind],
+        output_size=spec.out_features,
+        dtype=PROTO_DTYPES[spec.torch_dtype],  # type: ignore[arg-type]
+        device=str(runtime.device),
+        description=spec.description,
+        max_timesteps=runtime.settings.max_timesteps,
+        max_sessions=runtime.store.max_sessions,
+        open_sessions=len(runtime.store),
+        state_bytes_per_session=spec.num_layers * spec.hidden_size
+        * runtime.store.slab.element_size(),
+    )
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def session_to_pb(runtime: ModelRuntime, session: Session) -> pb.SessionInfo:
+    return pb.SessionInfo(
+        session_id=session.session_id,
+        model=runtime.spec.name,
+        model_version=runtime.spec.version,
+        step=session.step,
+        created_at=_timestamp(session.created_at),
+        last_used_at=_timestamp(session.last_used_wall()),
+        tier=pb.STATE_TIER_DEVICE,
+        idle_ttl_seconds=session.idle_ttl,
+    )
+
+
+def outcome_to_pb(outcome: StepOutcome) -> pb.StepResponse:
+    response = pb.StepResponse(
+        session_id=outcome.session_id,
+        request_id=outcome.request_id,
+        step=outcome.step,
+        created=outcome.created,
+        closed=outcome.closed,
+        replayed=outcome.replayed,
+    )
+    if outcome.outputs is not None:
+        response.outputs.CopyFrom(encode(outcome.outputs))
+    if outcome.state is not None:
+        response.state.CopyFrom(encode(outcome.state))
+    return response
+
+
+def _result_error(request: pb.StepRequest, error: BaseException) -> pb.StepResult:
+    if not isinstance(error, SeqinferError):
+        log.error("step failed", exc_info=error)
+        error = internal(error)
+    return pb.StepResult(
+        session_id=request.session_id,
+        request_id=request.request_id,
+        error=to_status_proto(error),
+    )
+
+
+def _optional_ttl(message: Any, field: str = "idle_ttl_seconds") -> float | None:
+    return check_ttl(getattr(message, field), field) if message.HasField(field) else None
+
+
+# ------------------------------------------------------------------ errors --
+
+
+def _handle(
+    method: str,
+) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+    """Unary handler wrapper: metrics hooks and the domain-error → status mapping."""
+
+    def wrap(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(fn)
+        async def handler(self: SeqinferServicer, request: Any, context: grpc.aio.ServicerContext) -> R:
+            observer = self.observer
+            observer.rpc_started(method)
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await fn(self, request, context)
+            except SeqinferError as error:
+                code = error.code.name
+                await context.abort_with_status(to_grpc_status(error))
+                raise  # abort_with_status raises; this line is for type checkers
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                log.exception("%s failed", method)
+                code = "INTERNAL"
+                await context.abort_with_status(to_grpc_status(internal(exc)))
+                raise
+            finally:
+                observer.rpc_finished(method, code, time.perf_counter() - started)
+
+        return handler
+
+    return wrap
+
+
+# ---------------------------------------------------------------- servicer --
+
+
+class SeqinferServicer(pb_grpc.SeqinferServicer):
+    def __init__(
+        self, router: Router, settings: Settings, observer: Observer, lifecycle: Lifecycle
+    ) -> None:
+        self.router = router
+        self.settings = settings
+        self.observer = observer
+        self.lifecycle = lifecycle
+
+    # ------------------------------------------------------------ models --
+
+    @_handle("ListModels")
+    async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[model_to_pb(r) for r in self.router.runtimes])
+
+    @_handle("GetModel")
+    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
+        return model_to_pb(self.router.model(request.name, request.version))
+
+    # ---------------------------------------------------------- sessions --
+
+    def _check_id(self, session_id: str, field: str = "session_id", *, required: bool = True) -> None:
+        check_session_id(session_id, field, self.settings.max_session_id_bytes, required=required)
+
+    @_handle("OpenSession")
+    async def OpenSession(self, request: pb.OpenSessionRequest, context: Any) -> pb.SessionInfo:
+        self.lifecycle.check()
+        self._check_id(request.session_id, required=False)
+        runtime = self.router.model(request.model, request.model_version)
+        ttl = _optional_ttl(request)
+        state = (
+            inputs.state_tensor(runtime.spec, request.initial_state, "initial_state")
+            if request.HasField("initial_state")
+            else None
+        )
+        if request.session_id:
+            self.router.ensure_unused(request.session_id)
+        session = await runtime.create_session(request.session_id or None, ttl, state)
+        return session_to_pb(runtime, session)
+
+    @_handle("GetSession")
+    async def GetSession(self, request: pb.GetSessionRequest, context: Any) -> pb.SessionInfo:
+        self._check_id(request.session_id)
+        return session_to_pb(*self.router.find(request.session_id))
+
+    @_handle("CloseSession")
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Any
+    ) -> pb.CloseSessionResponse:
+        self._check_id(request.session_id)
+        runtime, session = self.router.find(request.session_id)
+        runtime.end_session(session, "closed")
+        return pb.CloseSessionResponse(final_step=session.step)
+
+    @_handle("ForkSession")
+    async def ForkSession(self, request: pb.ForkSessionRequest, context: Any) -> pb.SessionInfo:
+        self.lifecycle.check()
+        self._check_id(request.session_id)
+        self._check_id(request.new_session_id, "new_session_id", required=False)
+        runtime, source = self.router.find(request.session_id)
+        if request.new_session_id:
+            self.router.ensure_unused(request.new_session_id)
+        copy = await runtime.fork(source, request.new_session_id or None, _optional_ttl(request))
+        return session_to_pb(runtime, copy)
+
+    @_handle("ExportState")
+    async def ExportState(
+        self, request: pb.ExportStateRequest, context: Any
+    ) -> pb.ExportStateResponse:
+        self._check_id(request.session_id)
+        runtime, session = self.router.find(request.session_id)
+        state = await runtime.export_state(session)
+        return pb.ExportStateResponse(session=session_to_pb(runtime, session), state=encode(state))
+
+    @_handle("ImportState")
+    async def ImportState(self, request: pb.ImportStateRequest, context: Any) -> pb.SessionInfo:
+        self.lifecycle.check()
+        self._check_id(request.session_id)
+        if not request.HasField("state"):
+            raise InvalidInput("state", "is required")
+        step = request.step if request.HasField("step") else None
+        try:
+            runtime, session = self.router.find(request.session_id)
+        except SeqinferError:
+            if not request.create:
+                raise
+            runtime = self.router.model(request.model, request.model_version)
+            state = inputs.state_tensor(runtime.spec, request.state, "state")
+            session = await runtime.create_session(request.session_id, None, state)
+            if step is not None:
+                session.step = step
+            return session_to_pb(runtime, session)
+        state = inputs.state_tensor(runtime.spec, request.state, "state")
+        await runtime.import_state(session, state, step)
+        return session_to_pb(runtime, session)
+
+    # ---------------------------------------------------------- stepping --
+
+    async def _submit(self, request: pb.StepRequest, deadline: float | None) -> StepItem:
+        """Validate a step request and queue it; the item's future gives the outcome."""
+        self.lifecycle.check()
+        self._check_id(request.session_id, required=not request.start)
+        runtime: ModelRuntime
+        session: Session | None = None
+        if request.session_id:
+            for candidate in self.router.runtimes:
+                session = candidate.store.sessions.get(request.session_id)
+                if session is not None:
+                    runtime = candidate
+                    break
+        if session is None:
+            if not request.start:
+                raise self.router.missing(request.session_id)
+            runtime = self.router.model(request.model, request.model_version)
+        spec: ModelSpec = runtime.spec
+        values = inputs.step_inputs(
+            spec,
+            request.inputs,
+            max_timesteps=self.settings.max_timesteps,
+            allow_non_finite=self.settings.allow_non_finite_inputs,
+        )
+        if request.output_mode not in _OUTPUT_MODES:
+            raise InvalidInput("output_mode", f"unknown value {request.output_mode}")
+        created = False
+        if session is None:
+            ttl = _optional_ttl(request)
+            session = await runtime.create_session(request.session_id or None, ttl)
+            created = True
+        item = StepItem(
+            session,
+            values,
+            asyncio.get_running_loop().create_future(),
+            request_id=request.request_id,
+            expected_step=request.expected_step if request.HasField("expected_step") else None,
+            reset=request.reset,
+            end=request.end,
+            output_mode=_OUTPUT_MODES.get(request.output_mode, OutputMode.LAST),
+            return_state=request.return_state,
+            deadline=deadline,
+            created=created,
+        )
+        try:
+            runtime.submit(item)
+        except SeqinferError:
+            if created:  # don't leave behind a session its creator never stepped
+                runtime.end_session(session, "closed")
+            raise
+        return item
+
+    def _deadline(self, context: Any) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None else time.monotonic() + remaining
+
+    @_handle("Step")
+    async def Step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
+        item = await self._submit(request, self._deadline(context))
+        return outcome_to_pb(await item.future)
+
+    @_handle("StepMany")
+    async def StepMany(self, request: pb.StepManyRequest, context: Any) -> pb.StepManyResponse:
+        if len(request.steps) > self.settings.max_step_many:
+            raise TooLarge(
+                "steps",
+                f"{len(request.steps)} steps in one message; the limit is "
+                f"{self.settings.max_step_many}",
+            )
+        deadline = self._deadline(context)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[StepOutcome]] = []
+        for step in request.steps:
+            try:
+                futures.append((await self._submit(step, deadline)).future)
+            except SeqinferError as error:
+                failed: asyncio.Future[StepOutcome] = loop.create_future()
+                failed.set_exception(error)
+                futures.append(failed)
+        try:
+            await asyncio.wait(futures)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()  # queued ones are skipped, never applied
+            raise
+        results = []
+        for step, future in zip(request.steps, futures):
+            error = future.exception()
+            if error is None:
+                outcome = future.result()
+                results.append(
+                    pb.StepResult(
+                        session_id=outcome.session_id,
+                        request_id=outcome.request_id,
+                        response=outcome_to_pb(outcome),
+                    )
+                )
+            else:
+                results.append(_result_error(step, error))
+        return pb.StepManyResponse(results=results)
+
+    async def StreamSteps(
+        self, request_iterator: AsyncIterator[pb.StepRequest], context: Any
+    ) -> AsyncIterator[pb.StepResult]:
+        stream = _StepStream(self, context)
+        self.observer.rpc_started("StreamSteps")
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            async for result in stream.run(request_iterator):
+                yield result
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("StreamSteps failed")
+            raise
+        finally:
+            self.observer.rpc_finished("StreamSteps", code, time.perf_counter() - started)
+
+
+class _StepStream:
+    """One StreamSteps call: a reader task queues items, results go out as they finish.
+
+    Results of one session leave in request order: a request answered at once
+    (e.g. invalid) waits behind that session's earlier requests on this stream.
+    """
+
+    def __init__(self, servicer: SeqinferServicer, context: Any) -> None:
+        self.servicer = servicer
+        self.context = context
+        self.results: asyncio.Queue[pb.StepResult | None] = asyncio.Queue()
+        self.latest: dict[str, asyncio.Future[StepOutcome]] = {}
+        self.outstanding: set[asyncio.Future[StepOutcome]] = set()
+        self.reading = True
+
+    async def run(self, requests: AsyncIterator[pb.StepRequest]) -> AsyncIterator[pb.StepResult]:
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
+        try:
+            while True:
+                result = await self.results.get()
+                if result is None:
+                    break
+                yield result
+            await reader  # surfaces a reader failure
+        finally:
+            reader.cancel()
+            for future in self.outstanding:
+                future.cancel()  # queued items are dropped unapplied
+
+    async def _read(self, requests: AsyncIterator[pb.StepRequest]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self.servicer._deadline(self.context)
+        try:
+            async for request in requests:
+                try:
+                    future = (await self.servicer._submit(request, deadline)).future
+                except SeqinferError as error:
+                    future = loop.create_future()
+                    future.set_exception(error)
+                self._track(request, future)
+        finally:
+            self.reading = False
+            if not self.outstanding:
+                self.results.put_nowait(None)
+
+    def _track(self, request: pb.StepRequest, future: asyncio.Future[StepOutcome]) -> None:
+        self.outstanding.add(future)
+        key = request.session_id
+        earlier = self.latest.get(key)
+        self.latest[key] = future
+
+        def emit(_: object) -> None:
+            self.outstanding.discard(future)
+            if self.latest.get(key) is future:
+                del self.latest[key]
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is None:
+                outcome = future.result()
+                result = pb.StepResult(
+                    session_id=outcome.session_id,
+                    request_id=outcome.request_id,
+                    response=outcome_to_pb(outcome),
+                )
+            else:
+                result = _result_error(request, error)
+            self.results.put_nowait(result)
+            if not self.reading and not self.outstanding:
+                self.results.put_nowait(None)
+
+        if earlier is not None and not earlier.done() and future.done():
+            # Answered at once, but must not overtake the session's earlier item.
+            earlier.add_done_callback(emit)
+        else:
+            future.add_done_callback(emit)

@@ -1,0 +1,180 @@
+"""Server settings: defaults < YAML file (``--config``) < env ``SEQINFER_*`` < CLI flags.
+
+Nothing is read at import time: ``load_settings`` is called once by the CLI
+(or by tests with explicit values), and everything downstream receives the
+validated ``Settings`` object.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class ConfigError(Exception):
+    """Settings could not be loaded; the message says which field and why."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field docs feed the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="SEQINFER_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to bind the gRPC server to.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_host: str = Field("127.0.0.1", description="Address of the Prometheus endpoint.")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables metrics."
+    )
+    device: str = Field("auto", description="`auto` (cuda if present), `cpu`, `cuda`, `cuda:N`.")
+    model_repository: Path | None = Field(
+        None, description="Directory of model directories to serve besides the built-ins."
+    )
+    strict_models: bool = Field(
+        False, description="Refuse to start if any model in the repository fails to load."
+    )
+    default_model: str | None = Field(
+        None, description="Model used when a request names none (default: the built-in one)."
+    )
+    max_batch_size: int = Field(256, ge=1, description="Most sessions stepped in one batch.")
+    max_batch_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a batch may wait to fill up while the engine is idle (ms).",
+    )
+    max_queue_size: int = Field(
+        65536, ge=1, description="Requests queued per model before QUEUE_FULL."
+    )
+    max_timesteps: int = Field(4096, ge=1, description="Largest T in one request.")
+    long_chunk_threshold: int = Field(
+        16, ge=2, description="T at which a request runs through the full-sequence nn.GRU."
+    )
+    max_step_many: int = Field(4096, ge=1, description="Most steps in one StepMany message.")
+    initial_capacity: int = Field(1024, ge=1, description="State slab slots at start-up.")
+    max_sessions: int = Field(1_000_000, ge=1, description="Open sessions per model.")
+    eviction: Literal["reject", "lru"] = Field(
+        "reject",
+        description="At max_sessions: `reject` new sessions (CAPACITY_FULL) or evict the "
+        "least recently used idle one (`lru`).",
+    )
+    idle_ttl_seconds: float = Field(
+        3600.0, ge=0, description="Default idle TTL of a session; 0 means never expire."
+    )
+    sweep_interval_seconds: float = Field(
+        1.0, gt=0, description="How often expired sessions are swept."
+    )
+    allow_non_finite_inputs: bool = Field(
+        False, description="Accept NaN/Inf in dense inputs (rejected by default)."
+    )
+    max_session_id_bytes: int = Field(128, ge=1, description="Longest accepted session id.")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="gRPC receive/send message size limit."
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, time allowed for accepted work to finish."
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op torch threads; 0 = cores - 1 (the event loop needs one)."
+    )
+    reflection: bool = Field(True, description="Serve gRPC server reflection (for grpcurl).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.port and self.metrics_host == self.host:
+            raise ValueError("metrics_port must differ from port")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init) over env over the YAML file.
+        return (init_settings, env_settings, _YamlSource(settings_cls, _yaml_values.get()))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class _YamlValues:
+    """Carries the YAML file's values into the settings source for one load."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+
+    def get(self) -> dict[str, Any]:
+        return self._values
+
+    def set(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+
+_yaml_values = _YamlValues()
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of setting: value")
+    # Accept the env-style spelling too (max-batch-size), as the CLI flags use it.
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build validated settings; ``overrides`` are CLI flags (None means "not given")."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    _yaml_values.set(read_yaml_config(config_file) if config_file else {})
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+    finally:
+        _yaml_values.set({})
+
+
+def torch_thread_count(settings: Settings) -> int:
+    return settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)

@@ -1,0 +1,183 @@
+"""The batched GRU step on one device: gather states → step → scatter.
+
+Exactly ``torch.nn.GRU``'s math (DESIGN.md): the step path calls
+``torch.gru_cell`` (the kernel ``nn.GRUCell`` uses) layer by layer, and long
+chunks of one session run through the model's own ``nn.GRU`` over the whole
+chunk. Everything here runs on the model's single engine thread, which also
+performs every other slab access, so no lock is needed around the slab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+from torch import nn
+
+from seqinfer.service.models.spec import InputKind, LoadedModel, OutputKind
+
+
+class OutputMode(IntEnum):
+    LAST = 1
+    ALL = 2
+    NONE = 3
+
+
+@dataclass(slots=True)
+class EngineItem:
+    """One session's work in a batch."""
+
+    slot: int
+    # [T, input_size] in the model dtype (dense) or [T] int64 (tokens).
+    inputs: torch.Tensor
+    reset: bool = False
+    output_mode: OutputMode = OutputMode.LAST
+    return_state: bool = False
+
+
+@dataclass(slots=True)
+class EngineResult:
+    # [out] for LAST, [T, out] for ALL, None for NONE.
+    outputs: torch.Tensor | None
+    # [layers, hidden] after the step, when asked for.
+    state: torch.Tensor | None
+
+
+class GRUEngine:
+    """A model's weights on a device, and the step over rows of a state slab."""
+
+    def __init__(self, model: LoadedModel, device: torch.device, long_chunk_threshold: int = 16):
+        spec = model.spec
+        self.spec = spec
+        self.device = device
+        self.long_chunk_threshold = long_chunk_threshold
+        t = {name: tensor.to(device) for name, tensor in model.tensors.items()}
+        self.embedding = t["embedding.weight"] if spec.input_kind is InputKind.TOKENS else None
+        # The nn.GRU serves long chunks; the step path shares its parameters.
+        self.gru = nn.GRU(
+            spec.gru_input_size, spec.hidden_size, spec.num_layers,
+            device=device, dtype=spec.torch_dtype,
+        )
+        with torch.no_grad():
+            for name, param in self.gru.named_parameters():
+                param.copy_(t[f"gru.{name}"])
+        self.gru.requires_grad_(False)
+        self.layers = [
+            (
+                getattr(self.gru, f"weight_ih_l{k}"),
+                getattr(self.gru, f"weight_hh_l{k}"),
+                getattr(self.gru, f"bias_ih_l{k}"),
+                getattr(self.gru, f"bias_hh_l{k}"),
+            )
+            for k in range(spec.num_layers)
+        ]
+        self.head_weight = t.get("head.weight") if spec.has_head else None
+        self.head_bias = t.get("head.bias") if spec.has_head else None
+
+    # ------------------------------------------------------------ helpers --
+
+    def new_slab(self, capacity: int) -> torch.Tensor:
+        return torch.zeros(
+            self.spec.num_layers, capacity, self.spec.hidden_size,
+            dtype=self.spec.torch_dtype, device=self.device,
+        )
+
+    def _embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return inputs.to(self.device, non_blocking=True)
+        return self.embedding[inputs.to(self.device, non_blocking=True)]
+
+    def _head(self, top: torch.Tensor) -> torch.Tensor:
+        if self.head_weight is None:
+            return top
+        out = torch.nn.functional.linear(top, self.head_weight, self.head_bias)
+        if self.spec.output_kind is OutputKind.PROBABILITIES:
+            out = torch.softmax(out, dim=-1)
+        return out
+
+    # --------------------------------------------------------------- step --
+
+    @torch.no_grad()
+    def run(self, slab: torch.Tensor, items: list[EngineItem]) -> list[EngineResult]:
+        """Advance every item's session by its T timesteps, in place in ``slab``.
+
+        The caller guarantees distinct slots. New states are written back with
+        one scatter per group at the end, so an exception leaves the slab as
+        it was for that group.
+        """
+        resets = [it.slot for it in items if it.reset]
+        if resets:
+            slab[:, torch.tensor(resets, device=self.device)] = 0
+        long_idx = [i for i, it in enumerate(items) if it.inputs.shape[0] >= self.long_chunk_threshold]
+        short_idx = [i for i, it in enumerate(items) if it.inputs.shape[0] < self.long_chunk_threshold]
+        tops: list[torch.Tensor | None] = [None] * len(items)
+        if short_idx:
+            for i, top in zip(short_idx, self._run_short(slab, [items[i] for i in short_idx])):
+                tops[i] = top
+        for i in long_idx:
+            tops[i] = self._run_long(slab, items[i])
+        return self._finish(slab, items, tops)
+
+    def _run_short(self, slab: torch.Tensor, items: list[EngineItem]) -> list[torch.Tensor]:
+        """Step-by-step over a batch; returns each item's top-layer outputs [T, H]."""
+        lengths = [it.inputs.shape[0] for it in items]
+        slots = torch.tensor([it.slot for it in items], device=self.device)
+        h = slab.index_select(1, slots)  # [L, B, H], a copy
+        if max(lengths) == 1:
+            x = self._embed(torch.cat([it.inputs for it in items]))
+            for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+                x = torch.gru_cell(x, h[k], w_ih, w_hh, b_ih, b_hh)
+                h[k] = x
+            slab.index_copy_(1, slots, h)
+            return list(x.unsqueeze(1).unbind(0))
+        # Longest first, so the items still active at timestep t are a prefix.
+        order = sorted(range(len(items)), key=lambda i: -lengths[i])
+        perm = torch.tensor(order, device=self.device)
+        h = h.index_select(1, perm)
+        embedded = [self._embed(items[i].inputs) for i in order]
+        top_steps: list[torch.Tensor] = []
+        active = len(order)
+        for t in range(lengths[order[0]]):
+            while lengths[order[active - 1]] <= t:
+                active -= 1
+            x = torch.stack([embedded[j][t] for j in range(active)])
+            for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+                x = torch.gru_cell(x, h[k, :active], w_ih, w_hh, b_ih, b_hh)
+                h[k, :active] = x
+            top_steps.append(x)
+        slab.index_copy_(1, slots.index_select(0, perm), h)
+        tops: list[torch.Tensor] = [torch.empty(0)] * len(items)
+        for rank, i in enumerate(order):
+            tops[i] = torch.stack([top_steps[t][rank] for t in range(lengths[i])])
+        return tops
+
+    def _run_long(self, slab: torch.Tensor, item: EngineItem) -> torch.Tensor:
+        """One session's long chunk through nn.GRU (cuDNN on GPU)."""
+        h0 = slab[:, item.slot : item.slot + 1].clone()
+        out, hn = self.gru(self._embed(item.inputs).unsqueeze(1), h0)
+        slab[:, item.slot : item.slot + 1] = hn
+        return out.squeeze(1)
+
+    def _finish(
+        self, slab: torch.Tensor, items: list[EngineItem], tops: list[torch.Tensor | None]
+    ) -> list[EngineResult]:
+        # One head call for every row anybody asked for, then split per item.
+        rows: list[torch.Tensor] = []
+        for it, top in zip(items, tops):
+            assert top is not None
+            if it.output_mode is OutputMode.ALL:
+                rows.append(top)
+            elif it.output_mode is OutputMode.LAST:
+                rows.append(top[-1:])
+        outs = iter(self._head(torch.cat(rows)).to("cpu").split([r.shape[0] for r in rows])) if rows else iter(())
+        results = []
+        for it in items:
+            outputs = None
+            if it.output_mode is OutputMode.ALL:
+                outputs = next(outs)
+            elif it.output_mode is OutputMode.LAST:
+                outputs = next(outs)[0]
+            state = slab[:, it.slot].to("cpu", copy=True) if it.return_state else None
+            results.append(EngineResult(outputs, state))
+        return results

@@ -1,0 +1,77 @@
+"""Checks a request's tensors against a model's spec and converts them for the engine."""
+
+from __future__ import annotations
+
+import torch
+
+from seqinfer.service.errors import InvalidInput, TooLarge
+from seqinfer.service.models.spec import InputKind, ModelSpec
+from seqinfer.service.tensors import FLOAT_DTYPES, INT_DTYPES, decode, dtype_name
+from seqinfer.v1 import seqinfer_pb2 as pb
+
+
+def step_inputs(
+    spec: ModelSpec, tensor: pb.Tensor, *, max_timesteps: int, allow_non_finite: bool
+) -> torch.Tensor:
+    """[T, input_size] in the model dtype (dense) or [T] int64 token ids."""
+    field = "inputs"
+    shape = list(tensor.shape)
+    if spec.input_kind is InputKind.DENSE:
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise InvalidInput(
+                f"{field}.dtype",
+                f"model {spec.key} takes float features, got {dtype_name(tensor.dtype)}",
+            )
+        if len(shape) != 2 or shape[1] != spec.input_size:
+            raise InvalidInput(
+                f"{field}.shape",
+                f"model {spec.key} takes [T, {spec.input_size}], got {shape}",
+            )
+    else:
+        if tensor.dtype not in INT_DTYPES:
+            raise InvalidInput(
+                f"{field}.dtype",
+                f"model {spec.key} takes int32/int64 token ids, got {dtype_name(tensor.dtype)}",
+            )
+        if len(shape) != 1:
+            raise InvalidInput(f"{field}.shape", f"model {spec.key} takes [T] token ids, got {shape}")
+    timesteps = shape[0]
+    if timesteps < 1:
+        raise InvalidInput(f"{field}.shape", "T (the first dimension) must be at least 1")
+    if timesteps > max_timesteps:
+        raise TooLarge(
+            f"{field}.shape",
+            f"T = {timesteps} exceeds the limit of {max_timesteps} timesteps per request",
+            max_timesteps=max_timesteps,
+        )
+    values = decode(tensor, field)
+    if spec.input_kind is InputKind.DENSE:
+        # .to() copies when the dtype differs; clone otherwise, so the engine
+        # never holds a view of a protobuf buffer.
+        converted = values.to(spec.torch_dtype, copy=True)
+        if not allow_non_finite and not bool(torch.isfinite(converted).all()):
+            raise InvalidInput(f"{field}.data", "contains NaN or Inf")
+        return converted
+    ids = values.to(torch.int64, copy=True)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= spec.input_size:
+        bad = low if low < 0 else high
+        raise InvalidInput(
+            f"{field}.data", f"token id {bad} is outside the vocabulary [0, {spec.input_size})"
+        )
+    return ids
+
+
+def state_tensor(spec: ModelSpec, tensor: pb.Tensor, field: str) -> torch.Tensor:
+    """A hidden state [num_layers, hidden_size], finite, in the model dtype."""
+    expected = [spec.num_layers, spec.hidden_size]
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise InvalidInput(f"{field}.dtype", f"state must be a float tensor, got {dtype_name(tensor.dtype)}")
+    if list(tensor.shape) != expected:
+        raise InvalidInput(
+            f"{field}.shape", f"model {spec.key} has state shape {expected}, got {list(tensor.shape)}"
+        )
+    state = decode(tensor, field).to(spec.torch_dtype, copy=True)
+    if not bool(torch.isfinite(state).all()):
+        raise InvalidInput(f"{field}.data", "contains NaN or Inf")
+    return state

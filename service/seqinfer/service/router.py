@@ -1,0 +1,90 @@
+"""Finds the model runtime for a request: by model name/version, or by session id.
+
+Session ids are unique across all models of a server, so a step request
+needs only the id. Lookup asks each model's table in turn: a server has a
+handful of models, and this keeps one index per session, not two.
+"""
+
+from __future__ import annotations
+
+import re
+
+from seqinfer.service.errors import InvalidInput, ModelNotFound, SessionExists, SessionNotFound
+from seqinfer.service.runtime import ModelRuntime
+from seqinfer.service.state import Session
+
+
+def _version_key(version: str) -> tuple[tuple[int, object], ...]:
+    # "10" sorts after "9"; non-numeric parts compare as text.
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
+
+
+class Router:
+    def __init__(self, runtimes: list[ModelRuntime], default_model: str) -> None:
+        self.runtimes = runtimes
+        self.default_model = default_model
+        self._by_name: dict[str, list[ModelRuntime]] = {}
+        for runtime in runtimes:
+            self._by_name.setdefault(runtime.spec.name, []).append(runtime)
+        for versions in self._by_name.values():
+            versions.sort(key=lambda r: _version_key(r.spec.version), reverse=True)
+
+    def model(self, name: str, version: str = "") -> ModelRuntime:
+        versions = self._by_name.get(name or self.default_model)
+        if not versions:
+            raise ModelNotFound(
+                f"no model named {name!r}; served: {', '.join(sorted(self._by_name))}",
+                model=name,
+            )
+        if not version:
+            return versions[0]
+        for runtime in versions:
+            if runtime.spec.version == version:
+                return runtime
+        raise ModelNotFound(
+            f"model {name!r} has no version {version!r}; served: "
+            f"{', '.join(r.spec.version for r in versions)}",
+            model=name,
+            version=version,
+        )
+
+    def find(self, session_id: str) -> tuple[ModelRuntime, Session]:
+        for runtime in self.runtimes:
+            session = runtime.store.sessions.get(session_id)
+            if session is not None:
+                return runtime, session
+        raise self.missing(session_id)
+
+    def missing(self, session_id: str) -> SessionNotFound:
+        """The most specific reason any model remembers for this id."""
+        for runtime in self.runtimes:
+            error = runtime.store.missing(session_id)
+            if type(error) is not SessionNotFound:
+                return error
+        return SessionNotFound(f"session {session_id!r} not found", session_id=session_id)
+
+    def ensure_unused(self, session_id: str) -> None:
+        for runtime in self.runtimes:
+            if session_id in runtime.store:
+                raise SessionExists(
+                    f"session {session_id!r} already exists (model {runtime.key})",
+                    session_id=session_id,
+                )
+
+
+def check_session_id(session_id: str, field: str, max_bytes: int, *, required: bool) -> None:
+    if not session_id:
+        if required:
+            raise InvalidInput(field, "is required")
+        return
+    size = len(session_id.encode())
+    if size > max_bytes:
+        raise InvalidInput(field, f"is {size} bytes; the limit is {max_bytes}")
+    if not session_id.isprintable():
+        raise InvalidInput(field, "must be printable text (no control characters)")
+
+
+def check_ttl(value: float, field: str) -> float:
+    if not value >= 0 or value == float("inf"):  # also rejects NaN
+        raise InvalidInput(field, f"must be a finite number >= 0, got {value}")
+    return value

@@ -1,0 +1,163 @@
+"""One served model: its engine, session store and scheduler, and the session operations on them.
+
+Everything that touches slab contents goes to the model's single engine
+thread (``_on_engine``), in FIFO order with the batches, which is what keeps
+a freed-and-reused slot from being written by a batch still in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+from seqinfer.service.config import Settings
+from seqinfer.service.engine import GRUEngine
+from seqinfer.service.errors import SessionExpired, SessionNotFound
+from seqinfer.service.models.spec import LoadedModel
+from seqinfer.service.observer import Observer, RuntimeStats
+from seqinfer.service.scheduler import Scheduler, StepItem
+from seqinfer.service.state import Session, SessionStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ModelRuntime:
+    def __init__(
+        self, model: LoadedModel, settings: Settings, device: torch.device, observer: Observer
+    ) -> None:
+        self.spec = model.spec
+        self.key = model.spec.key
+        self.device = device
+        self.settings = settings
+        self.observer = observer
+        self.engine = GRUEngine(model, device, settings.long_chunk_threshold)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{self.spec.name}")
+        self.store = SessionStore(
+            self.engine,
+            self.executor,
+            initial_capacity=settings.initial_capacity,
+            max_sessions=settings.max_sessions,
+            eviction=settings.eviction,
+            default_ttl=settings.idle_ttl_seconds,
+        )
+        self.scheduler = Scheduler(
+            self.key,
+            self.engine,
+            self.store,
+            self.executor,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay=settings.max_batch_delay_ms / 1000.0,
+            max_queue_size=settings.max_queue_size,
+            observer=observer,
+            on_session_closed=self.end_session,
+        )
+        self._grow_lock: asyncio.Lock | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------- lifecycle --
+
+    async def start(self) -> None:
+        self._grow_lock = asyncio.Lock()
+        self.scheduler.start()
+        self._sweeper = asyncio.get_running_loop().create_task(
+            self._sweep_forever(), name=f"sweeper:{self.key}"
+        )
+
+    async def drain(self) -> None:
+        await self.scheduler.drain()
+
+    async def stop(self) -> None:
+        await self.drain()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self.executor.shutdown(wait=True)
+
+    async def _on_engine(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            for session in self.store.expired(time.monotonic()):
+                self.end_session(session, "expired")
+
+    # ------------------------------------------------------------ sessions --
+
+    async def create_session(
+        self,
+        session_id: str | None,
+        idle_ttl: float | None,
+        initial_state: torch.Tensor | None = None,
+    ) -> Session:
+        """Open a session on a free slot (growing the slab if needed); its state
+        is ``initial_state`` or zeros."""
+        assert self._grow_lock is not None, "runtime not started"
+        while self.store.needs_growth():
+            async with self._grow_lock:
+                if self.store.needs_growth():
+                    await self._on_engine(self.store.grow)
+        # No await between the growth check and create(): the free slot is ours.
+        session, evicted = self.store.create(session_id, idle_ttl)
+        for victim in evicted:
+            self.observer.session_ended(self.key, "evicted")
+            log.info("evicted session %s from %s (LRU)", victim.session_id, self.key)
+        self.observer.session_opened(self.key)
+        if initial_state is not None:
+            await self._on_engine(self.store.write_state, session.slot, initial_state)
+        return session
+
+    def end_session(self, session: Session, reason: str) -> None:
+        """Remove a session: queued requests fail, the slot is freed."""
+        why: type[SessionNotFound] = SessionExpired if reason == "expired" else SessionNotFound
+        self.store.remove(session, why)
+        self.scheduler.fail_pending(session, self.store.missing(session.session_id))
+        self.observer.session_ended(self.key, reason)
+
+    async def fork(self, source: Session, new_id: str | None, idle_ttl: float | None) -> Session:
+        ttl = source.idle_ttl if idle_ttl is None else idle_ttl
+        copy = await self.create_session(new_id, ttl)
+        await self._on_engine(self.store.copy_state, source.slot, copy.slot)
+        # Read after the copy: the engine thread ran it after any batch of the
+        # source's that was in flight, whose completion has updated the counter.
+        copy.step = source.step
+        return copy
+
+    async def export_state(self, session: Session) -> torch.Tensor:
+        return await self._on_engine(self.store.read_state, session.slot)
+
+    async def import_state(self, session: Session, state: torch.Tensor, step: int | None) -> None:
+        await self._on_engine(self.store.write_state, session.slot, state)
+        if step is not None:
+            session.step = step
+        session.last_reply = None
+        self.store.touch(session)
+
+    def submit(self, item: StepItem) -> None:
+        self.scheduler.submit(item)
+
+    # --------------------------------------------------------------- stats --
+
+    def stats(self) -> RuntimeStats:
+        memory = None
+        if self.device.type == "cuda":
+            memory = int(torch.cuda.memory_allocated(self.device))
+        return RuntimeStats(
+            model=self.key,
+            device=str(self.device),
+            sessions_by_tier={"device": len(self.store), "host": 0, "snapshot": 0},
+            slab_capacity=self.store.capacity,
+            slab_used=len(self.store),
+            slab_bytes=self.store.slab_bytes,
+            queue_depth=self.scheduler.queue_depth,
+            device_memory_bytes=memory,
+        )

@@ -1,0 +1,331 @@
+"""Continuous batching for one model.
+
+A plain class with explicit queues: each session keeps its own FIFO of
+``StepItem``s, and ``_ready`` lists, in arrival order, the sessions that have
+work and no request in the engine. One iteration takes the head item of up
+to ``max_batch_size`` ready sessions (so never two of one session in a batch,
+and a session's items apply strictly in arrival order), checks deadlines,
+cancellation and ``expected_step`` against the session's *current* counter
+(exact, because the session has nothing in flight), runs the engine on the
+model's engine thread, then resolves every item's future. While a batch
+computes, the event loop keeps reading requests into the queues, so the next
+batch is assembled from everything that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import torch
+
+from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine, OutputMode
+from seqinfer.service.errors import (
+    DeadlineExceeded,
+    Draining,
+    QueueFull,
+    SeqinferError,
+    StepGap,
+)
+from seqinfer.service.observer import Observer
+from seqinfer.service.state import Session, SessionStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """What a step request produced; the api encodes it."""
+
+    session_id: str
+    request_id: str
+    step: int
+    outputs: torch.Tensor | None = None
+    state: torch.Tensor | None = None
+    created: bool = False
+    closed: bool = False
+    replayed: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class StepItem:
+    """One accepted step request, waiting in its session's queue."""
+
+    session: Session
+    inputs: torch.Tensor
+    future: asyncio.Future[StepOutcome]
+    request_id: str = ""
+    expected_step: int | None = None
+    reset: bool = False
+    end: bool = False
+    output_mode: OutputMode = OutputMode.LAST
+    return_state: bool = False
+    deadline: float | None = None  # time.monotonic() seconds
+    created: bool = False
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def timesteps(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+class Scheduler:
+    """Batches one model's step requests and runs them on its engine thread."""
+
+    def __init__(
+        self,
+        model_key: str,
+        engine: GRUEngine,
+        store: SessionStore,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_batch_delay: float,
+        max_queue_size: int,
+        observer: Observer,
+        on_session_closed: Callable[[Session, str], None],
+    ) -> None:
+        self.model_key = model_key
+        self.engine = engine
+        self.store = store
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay = max_batch_delay
+        self.max_queue_size = max_queue_size
+        self.observer = observer
+        self._on_session_closed = on_session_closed
+        self._ready: deque[Session] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.queue_depth = 0
+        self.in_flight = 0
+        self.draining = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -------------------------------------------------------------- intake --
+
+    def submit(self, item: StepItem) -> None:
+        """Queue an item behind its session's earlier ones (event loop thread)."""
+        if self.draining:
+            raise Draining("server is shutting down; retry on another replica")
+        if self.queue_depth >= self.max_queue_size:
+            self.observer.request_rejected(self.model_key, "backpressure")
+            raise QueueFull(
+                f"model queue is full ({self.max_queue_size} requests); retry later",
+                max_queue_size=self.max_queue_size,
+            )
+        session = item.session
+        if session.pending is None:
+            session.pending = deque()
+        session.pending.append(item)
+        self.queue_depth += 1
+        self._idle.clear()
+        if not session.busy and len(session.pending) == 1:
+            self._ready.append(session)
+            self._wakeup.set()
+
+    def fail_pending(self, session: Session, error: SeqinferError) -> None:
+        """Fail every queued item of a session that is going away."""
+        pending = session.pending
+        while pending:
+            item = pending.popleft()
+            self.queue_depth -= 1
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._check_idle()
+
+    # ---------------------------------------------------------------- loop --
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"scheduler:{self.model_key}"
+        )
+
+    async def drain(self) -> None:
+        """Refuse new work, let everything accepted finish, then stop the loop."""
+        self.draining = True
+        await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _check_idle(self) -> None:
+        if self.queue_depth == 0 and self.in_flight == 0:
+            self._idle.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._ready:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._fill_window(loop)
+            batch = self._take_batch()
+            if not batch:
+                self._check_idle()
+                continue
+            self.in_flight = len(batch)
+            started = time.monotonic()
+            engine_items = [
+                EngineItem(
+                    it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state
+                )
+                for it in batch
+            ]
+            try:
+                results = await loop.run_in_executor(
+                    self.executor, self.engine.run, self.store.slab, engine_items
+                )
+            except Exception as exc:  # a server fault, never the caller's
+                log.exception("engine failed on a batch of %d", len(batch))
+                self._fail_batch(batch, exc)
+            else:
+                self._complete(batch, results, started)
+            self.in_flight = 0
+            self._check_idle()
+
+    async def _fill_window(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give a small batch a chance to grow before it runs."""
+        # Always yield once: requests already read off the wire enqueue first.
+        await asyncio.sleep(0)
+        if self.max_batch_delay <= 0:
+            return
+        deadline = loop.time() + self.max_batch_delay
+        while len(self._ready) < self.max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[StepItem]:
+        batch: list[StepItem] = []
+        now = time.monotonic()
+        ready = self._ready
+        while ready and len(batch) < self.max_batch_size:
+            session = ready.popleft()
+            item = self._admit_next(session, now)
+            if item is not None:
+                session.busy = True
+                batch.append(item)
+        return batch
+
+    def _admit_next(self, session: Session, now: float) -> StepItem | None:
+        """The session's first item that may run now; the rest are answered here."""
+        pending = session.pending
+        while pending:
+            item = pending.popleft()
+            self.queue_depth -= 1
+            if item.future.done():  # the caller cancelled: nothing applied
+                self.observer.request_rejected(self.model_key, "cancelled")
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self.observer.request_rejected(self.model_key, "deadline")
+                item.future.set_exception(
+                    DeadlineExceeded("deadline passed before the step was computed; not applied")
+                )
+                continue
+            if item.expected_step is not None and item.expected_step != session.step:
+                if (
+                    item.request_id
+                    and item.request_id == session.last_request_id
+                    and item.expected_step == session.last_step_before
+                    and session.last_reply is not None
+                ):
+                    cached: StepOutcome = session.last_reply
+                    item.future.set_result(_replay(cached))
+                    continue
+                self.observer.request_rejected(self.model_key, "step_gap")
+                item.future.set_exception(
+                    StepGap(
+                        f"expected_step {item.expected_step} but session "
+                        f"{session.session_id!r} is at step {session.step}",
+                        current_step=session.step,
+                    )
+                )
+                continue
+            return item
+        return None
+
+    # ---------------------------------------------------------- completion --
+
+    def _complete(self, batch: list[StepItem], results: list[EngineResult], started: float) -> None:
+        done = time.monotonic()
+        timesteps = 0
+        key = self.model_key
+        observer = self.observer
+        touch = self.store.touch
+        for item, result in zip(batch, results):
+            session = item.session
+            session.busy = False
+            counter_before = session.step
+            session.step = (0 if item.reset else counter_before) + item.timesteps
+            timesteps += item.timesteps
+            outcome = StepOutcome(
+                session.session_id,
+                item.request_id,
+                session.step,
+                result.outputs,
+                result.state,
+                created=item.created,
+                closed=item.end,
+            )
+            if item.request_id:
+                session.last_request_id = item.request_id
+                session.last_step_before = counter_before
+                session.last_reply = outcome
+            # A session closed or evicted while computing has had its step
+            # applied and its slot freed: there is nothing left to update.
+            if item.end and not session.closed:
+                self._on_session_closed(session, "closed")
+            elif not session.closed:
+                touch(session)
+                if session.pending:
+                    self._ready.append(session)
+            if not item.future.done():
+                item.future.set_result(outcome)
+            observer.request_completed(
+                key, item.timesteps, done - item.enqueued_at, started - item.enqueued_at
+            )
+        observer.batch_completed(key, len(batch), timesteps, done - started)
+        if self._ready:
+            self._wakeup.set()
+
+    def _fail_batch(self, batch: list[StepItem], exc: Exception) -> None:
+        error = SeqinferError(f"engine failure: {type(exc).__name__}: {exc}")
+        for item in batch:
+            item.session.busy = False
+            if item.session.pending and not item.session.closed:
+                self._ready.append(item.session)
+            if not item.future.done():
+                item.future.set_exception(error)
+        if self._ready:
+            self._wakeup.set()
+
+
+def _replay(cached: StepOutcome) -> StepOutcome:
+    return StepOutcome(
+        cached.session_id,
+        cached.request_id,
+        cached.step,
+        cached.outputs,
+        cached.state,
+        created=cached.created,
+        closed=cached.closed,
+        replayed=True,
+    )
+
+

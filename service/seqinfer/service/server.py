@@ -1,0 +1,177 @@
+"""Wiring and lifecycle: load models, start runtimes, serve gRPC + health + reflection, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from seqinfer.service.api import Lifecycle, SeqinferServicer
+from seqinfer.service.config import Settings, torch_thread_count
+from seqinfer.service.errors import ModelLoadError
+from seqinfer.service.models.spec import LoadedModel
+from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
+from seqinfer.service.router import Router
+from seqinfer.service.runtime import ModelRuntime
+from seqinfer.v1 import seqinfer_pb2 as pb
+from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Seqinfer"].full_name
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device", f"{name} requested but CUDA is not available")
+    return device
+
+
+def version() -> str:
+    try:
+        return metadata.version("seqinfer")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def load_served_models(settings: Settings) -> list[LoadedModel]:
+    """Built-ins plus the repository; broken models are logged and skipped unless strict."""
+    from seqinfer.service.models.registry import load_models
+
+    models, errors = load_models(settings.model_repository, settings.strict_models)
+    for error in errors:
+        log.error("model not loaded: %s", error)
+    return models
+
+
+class SeqinferServer:
+    """A running seqinfer server. ``start``/``stop`` from inside an event loop."""
+
+    def __init__(self, settings: Settings, models: list[LoadedModel] | None = None) -> None:
+        self.settings = settings
+        self._models = models
+        self.lifecycle = Lifecycle()
+        self.observer: Observer = NULL_OBSERVER
+        self.runtimes: list[ModelRuntime] = []
+        self.router: Router | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._metrics: object | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def stats(self) -> list[RuntimeStats]:
+        return [runtime.stats() for runtime in self.runtimes]
+
+    async def start(self) -> None:
+        settings = self.settings
+        torch.set_num_threads(torch_thread_count(settings))
+        device = resolve_device(settings.device)
+        models = self._models if self._models is not None else load_served_models(settings)
+        if not models:
+            raise ModelLoadError("models", "no model could be loaded; nothing to serve")
+        if settings.metrics_port:
+            from seqinfer.service.metrics import start_metrics_exporter
+
+            exporter = start_metrics_exporter(
+                settings.metrics_host, settings.metrics_port, self.stats, version=version()
+            )
+            self._metrics = exporter
+            self.observer = exporter.observer
+            self.metrics_port = exporter.port
+        self.runtimes = [ModelRuntime(m, settings, device, self.observer) for m in models]
+        default = settings.default_model or _default_model_name(models)
+        self.router = Router(self.runtimes, default)
+        self.router.model(default)  # fail at start-up, not on the first request
+        for runtime in self.runtimes:
+            await runtime.start()
+
+        limit = settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_SeqinferServicer_to_server(
+            SeqinferServicer(self.router, settings, self.observer, self.lifecycle), server
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {settings.host}:{settings.port}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "seqinfer %s serving %s on %s (device %s)",
+            version(),
+            ", ".join(r.key for r in self.runtimes),
+            self.address,
+            device,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new work (UNAVAILABLE), finish accepted work, close."""
+        if self._server is None:
+            return
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        self.lifecycle.draining = True
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(runtime.drain() for runtime in self.runtimes)), grace
+            )
+        except TimeoutError:
+            log.warning("accepted work did not finish within %.1fs", grace)
+        await self._server.stop(grace)
+        for runtime in self.runtimes:
+            await runtime.stop()
+        if self._metrics is not None:
+            self._metrics.stop()  # type: ignore[attr-defined]
+        self._server = None
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT, then drain and return."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        print(f"seqinfer: serving on {self.address}", flush=True)
+        await stop_requested.wait()
+        log.info("signal received: draining")
+        await self.stop()
+        log.info("stopped")
+
+
+def _default_model_name(models: list[LoadedModel]) -> str:
+    from seqinfer.service.models.builtin import DEFAULT_MODEL_NAME
+
+    names = {m.spec.name for m in models}
+    return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in names else models[0].spec.name
+
+

@@ -1,0 +1,69 @@
+"""proto ``Tensor`` ⇄ ``torch.Tensor``: raw little-endian bytes, no per-element objects."""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import torch
+
+from seqinfer.service.errors import InvalidInput
+from seqinfer.v1 import seqinfer_pb2 as pb
+
+# The wire format is little-endian; decoding with frombuffer is only a
+# reinterpretation of the bytes on a little-endian host.
+assert sys.byteorder == "little", "seqinfer assumes a little-endian host"
+
+# torch.frombuffer warns that protobuf's bytes are read-only; we never write
+# to the view (inputs are copied when a batch is stacked).
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
+
+TORCH_DTYPES: dict[int, torch.dtype] = {
+    pb.DTYPE_FLOAT32: torch.float32,
+    pb.DTYPE_FLOAT64: torch.float64,
+    pb.DTYPE_FLOAT16: torch.float16,
+    pb.DTYPE_BFLOAT16: torch.bfloat16,
+    pb.DTYPE_INT32: torch.int32,
+    pb.DTYPE_INT64: torch.int64,
+}
+PROTO_DTYPES: dict[torch.dtype, int] = {v: k for k, v in TORCH_DTYPES.items()}
+FLOAT_DTYPES = frozenset({pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64, pb.DTYPE_FLOAT16, pb.DTYPE_BFLOAT16})
+INT_DTYPES = frozenset({pb.DTYPE_INT32, pb.DTYPE_INT64})
+
+
+def dtype_name(code: int) -> str:
+    try:
+        return pb.DType.Name(code)  # type: ignore[arg-type]
+    except ValueError:
+        return str(code)
+
+
+def decode(tensor: pb.Tensor, field: str) -> torch.Tensor:
+    """A read-only torch view of the tensor's bytes, shape and size checked."""
+    dtype = TORCH_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise InvalidInput(f"{field}.dtype", f"unsupported dtype {dtype_name(tensor.dtype)}")
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{field}.shape", f"negative dimension in {shape}")
+    count = math.prod(shape)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(tensor.data) != count * itemsize:
+        raise InvalidInput(
+            f"{field}.data",
+            f"{len(tensor.data)} bytes do not hold shape {shape} of "
+            f"{dtype_name(tensor.dtype)} ({count * itemsize} bytes expected)",
+        )
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(tensor.data, dtype=dtype).view(shape)
+
+
+def encode(value: torch.Tensor) -> pb.Tensor:
+    value = value.detach().to("cpu").contiguous()
+    return pb.Tensor(
+        dtype=PROTO_DTYPES[value.dtype],  # type: ignore[arg-type]
+        shape=list(value.shape),
+        data=value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"",
+    )
