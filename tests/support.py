@@ -77,3 +77,108 @@ def running_server(models: list[LoadedModel] | None = None, **overrides: Any) ->
 def stub(address: str) -> Iterator[pb_grpc.SeqinferStub]:
     with grpc.insecure_channel(address) as channel:
         yield pb_grpc.SeqinferStub(channel)
+
+
+def to_tensor(array: Any) -> Any:
+    """numpy → proto Tensor (little-endian raw bytes)."""
+    import numpy as np
+
+    from seqinfer.v1 import seqinfer_pb2 as pb
+
+    codes = {
+        np.dtype("float32"): pb.DTYPE_FLOAT32,
+        np.dtype("float64"): pb.DTYPE_FLOAT64,
+        np.dtype("float16"): pb.DTYPE_FLOAT16,
+        np.dtype("int32"): pb.DTYPE_INT32,
+        np.dtype("int64"): pb.DTYPE_INT64,
+    }
+    array = np.ascontiguousarray(array)
+    return pb.Tensor(dtype=codes[array.dtype], shape=list(array.shape), data=array.tobytes())
+
+
+def from_tensor(tensor: Any) -> Any:
+    import numpy as np
+
+    from seqinfer.v1 import seqinfer_pb2 as pb
+
+    dtypes = {
+        pb.DTYPE_FLOAT32: "<f4",
+        pb.DTYPE_FLOAT64: "<f8",
+        pb.DTYPE_FLOAT16: "<f2",
+        pb.DTYPE_INT32: "<i4",
+        pb.DTYPE_INT64: "<i8",
+    }
+    return np.frombuffer(tensor.data, dtype=dtypes[tensor.dtype]).reshape(list(tensor.shape))
+
+
+def reference_modules(model: LoadedModel) -> tuple[Any, Any, Any]:
+    """(embedding | None, nn.GRU, head | None) holding the model's weights, for comparisons."""
+    import torch
+
+    spec = model.spec
+    t = model.tensors
+    embedding = None
+    if spec.input_kind == "tokens":
+        embedding = torch.nn.Embedding(spec.input_size, spec.embedding_dim)
+        embedding.weight.data.copy_(t["embedding.weight"])
+    gru = torch.nn.GRU(spec.gru_input_size, spec.hidden_size, spec.num_layers)
+    for name, param in gru.named_parameters():
+        param.data.copy_(t[f"gru.{name}"])
+    head = None
+    if spec.has_head:
+        head = torch.nn.Linear(spec.hidden_size, spec.output_size)
+        head.weight.data.copy_(t["head.weight"])
+        head.bias.data.copy_(t["head.bias"])
+    return embedding, gru, head
+
+
+def reference_run(model: LoadedModel, inputs: Any, h0: Any = None) -> tuple[Any, Any]:
+    """torch.nn.GRU over a whole sequence: (outputs [T, out], final state [L, H]) as numpy."""
+    import numpy as np
+    import torch
+
+    embedding, gru, head = reference_modules(model)
+    with torch.no_grad():
+        x = torch.from_numpy(np.asarray(inputs))
+        x = embedding(x.long()) if embedding is not None else x.float()
+        h = None if h0 is None else torch.from_numpy(np.asarray(h0)).unsqueeze(1)
+        out, hn = gru(x.unsqueeze(1), h)
+        top = out.squeeze(1)
+        y = head(top) if head is not None else top
+        if model.spec.output_kind == "probabilities":
+            y = torch.softmax(y, -1)
+    return y.numpy(), hn.squeeze(1).numpy()
+
+
+def make_model(
+    input_kind: str = "dense",
+    *,
+    input_size: int = 8,
+    hidden: int = 16,
+    layers: int = 2,
+    output: int = 5,
+    output_kind: str = "logits",
+    embedding_dim: int = 6,
+    name: str = "tiny",
+    version: str = "1",
+    seed: int = 0,
+) -> LoadedModel:
+    """A small random model, so tests run fast and cover every shape option."""
+    import torch
+
+    from seqinfer.service.models.spec import InputKind, ModelSpec, OutputKind
+
+    spec = ModelSpec(
+        name=name,
+        version=version,
+        input_kind=InputKind(input_kind),
+        input_size=input_size,
+        hidden_size=hidden,
+        num_layers=layers,
+        output_kind=OutputKind(output_kind),
+        output_size=output if output_kind != "hidden" else hidden,
+        embedding_dim=embedding_dim if input_kind == "tokens" else 0,
+    )
+    g = torch.Generator().manual_seed(seed)
+    tensors = {k: torch.randn(s, generator=g) * 0.4 for k, s in spec.expected_shapes().items()}
+    return LoadedModel(spec, tensors)

@@ -1,0 +1,146 @@
+"""The scheduler fed by hand, without gRPC: batching, ordering, expected_step, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from seqinfer.service.engine import GRUEngine, OutputMode
+from seqinfer.service.errors import DeadlineExceeded, QueueFull, StepGap
+from seqinfer.service.observer import Observer
+from seqinfer.service.scheduler import Scheduler, StepItem
+from seqinfer.service.state import SessionStore
+from tests.support import make_model, reference_run
+
+
+class Recorder(Observer):
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.rejected: list[str] = []
+
+    def batch_completed(self, model, requests, timesteps, seconds):
+        self.batches.append(requests)
+
+    def request_rejected(self, model, reason):
+        self.rejected.append(reason)
+
+
+class Harness:
+    def __init__(self, **kw) -> None:
+        self.model = make_model("dense")
+        self.executor = ThreadPoolExecutor(1)
+        engine = GRUEngine(self.model, torch.device("cpu"))
+        self.store = SessionStore(
+            engine, self.executor, initial_capacity=64, max_sessions=64, eviction="reject",
+            default_ttl=0.0,
+        )
+        self.observer = Recorder()
+        options = {"max_batch_size": 64, "max_batch_delay": 0.0, "max_queue_size": 1000}
+        options.update(kw)
+        self.scheduler = Scheduler(
+            "tiny:1", engine, self.store, self.executor, observer=self.observer,
+            on_session_closed=lambda s, r: self.store.remove(s), **options,
+        )
+
+    def item(self, session, x, **kw) -> StepItem:
+        future = asyncio.get_running_loop().create_future()
+        return StepItem(session, torch.from_numpy(x), future, output_mode=OutputMode.ALL, **kw)
+
+
+@pytest.fixture
+async def harness():
+    h = Harness()
+    h.scheduler.start()
+    yield h
+    await h.scheduler.drain()
+    h.executor.shutdown()
+
+
+async def test_pipelined_steps_of_one_session_apply_in_order_one_per_batch(harness):
+    session = harness.store.create("a", None)[0]
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((1, 8)).astype(np.float32) for _ in range(10)]
+    items = [harness.item(session, x) for x in xs]
+    for it in items:
+        harness.scheduler.submit(it)
+    outcomes = [await it.future for it in items]
+    assert [o.step for o in outcomes] == list(range(1, 11))
+    assert len(harness.observer.batches) == 10  # never two of one session in a batch
+    want, state = reference_run(harness.model, np.concatenate(xs))
+    np.testing.assert_allclose(np.concatenate([o.outputs for o in outcomes]), want, atol=1e-5)
+    np.testing.assert_allclose(harness.store.slab[:, session.slot], state, atol=1e-5)
+
+
+async def test_many_sessions_share_a_batch(harness):
+    sessions = [harness.store.create(f"s{i}", None)[0] for i in range(20)]
+    items = [harness.item(s, np.ones((1, 8), np.float32)) for s in sessions]
+    for it in items:
+        harness.scheduler.submit(it)
+    await asyncio.gather(*(it.future for it in items))
+    assert harness.observer.batches == [20]
+
+
+async def test_expected_step_applies_replays_and_rejects_gaps(harness):
+    session = harness.store.create("a", None)[0]
+    x = np.ones((2, 8), np.float32)
+    first = harness.item(session, x, request_id="r1", expected_step=0)
+    harness.scheduler.submit(first)
+    applied = await first.future
+    assert applied.step == 2 and not applied.replayed
+    retry = harness.item(session, x, request_id="r1", expected_step=0)
+    harness.scheduler.submit(retry)
+    replayed = await retry.future
+    assert replayed.replayed and replayed.step == 2 and session.step == 2
+    np.testing.assert_array_equal(replayed.outputs, applied.outputs)
+    other_id = harness.item(session, x, request_id="r2", expected_step=0)
+    harness.scheduler.submit(other_id)
+    with pytest.raises(StepGap) as gap:
+        await other_id.future
+    assert gap.value.metadata["current_step"] == "2"
+    assert session.step == 2
+
+
+async def test_expired_deadline_and_cancelled_items_change_nothing(harness):
+    session = harness.store.create("a", None)[0]
+    late = harness.item(session, np.ones((1, 8), np.float32), deadline=time.monotonic() - 1)
+    gone = harness.item(session, np.ones((1, 8), np.float32))
+    gone.future.cancel()
+    harness.scheduler.submit(late)
+    harness.scheduler.submit(gone)
+    with pytest.raises(DeadlineExceeded):
+        await late.future
+    await harness.scheduler.drain()
+    assert session.step == 0
+    assert torch.count_nonzero(harness.store.slab[:, session.slot]) == 0
+    assert sorted(harness.observer.rejected) == ["cancelled", "deadline"]
+
+
+async def test_queue_limit_rejects_with_queue_full():
+    h = Harness(max_queue_size=2)  # loop not started: items stay queued
+    session = h.store.create("a", None)[0]
+    h.scheduler.submit(h.item(session, np.ones((1, 8), np.float32)))
+    h.scheduler.submit(h.item(session, np.ones((1, 8), np.float32)))
+    with pytest.raises(QueueFull):
+        h.scheduler.submit(h.item(session, np.ones((1, 8), np.float32)))
+    assert h.observer.rejected == ["backpressure"]
+    h.executor.shutdown()
+
+
+async def test_batch_delay_gathers_late_arrivals():
+    h = Harness(max_batch_delay=0.2)
+    h.scheduler.start()
+    sessions = [h.store.create(f"s{i}", None)[0] for i in range(3)]
+    items = [h.item(s, np.ones((1, 8), np.float32)) for s in sessions]
+    h.scheduler.submit(items[0])
+    await asyncio.sleep(0.02)
+    h.scheduler.submit(items[1])
+    h.scheduler.submit(items[2])
+    await asyncio.gather(*(it.future for it in items))
+    assert h.observer.batches == [3]
+    await h.scheduler.drain()
+    h.executor.shutdown()

@@ -1,0 +1,88 @@
+"""Slot allocator, growth, capacity, LRU eviction and TTL expiry of the session store."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from seqinfer.service.engine import GRUEngine
+from seqinfer.service.errors import CapacityFull, SessionEvicted, SessionExists, SessionExpired
+from seqinfer.service.state import SessionStore
+from tests.support import make_model
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def _store(executor, **kw) -> SessionStore:
+    engine = GRUEngine(make_model("dense"), torch.device("cpu"))
+    options = {"initial_capacity": 2, "max_sessions": 5, "eviction": "reject", "default_ttl": 0.0}
+    options.update(kw)
+    return SessionStore(engine, executor, **options)
+
+
+def test_slots_are_distinct_and_capacity_doubles_to_the_limit(executor):
+    store = _store(executor)
+    slots = []
+    for i in range(5):
+        if store.needs_growth():
+            store.grow()
+        slots.append(store.create(f"s{i}", None)[0].slot)
+    assert sorted(slots) == [0, 1, 2, 3, 4]
+    assert store.capacity == 5 and store.slab.shape == (2, 5, 16)
+    assert not store.needs_growth()
+    with pytest.raises(CapacityFull):
+        store.create("s5", None)
+    with pytest.raises(SessionExists):
+        store.create("s0", None)
+
+
+def test_growth_keeps_existing_states(executor):
+    store = _store(executor, max_sessions=8)
+    a, _ = store.create("a", None)
+    store.write_state(a.slot, torch.full((2, 16), 3.0))
+    store.create("b", None)
+    store.grow()
+    assert torch.equal(store.read_state(a.slot), torch.full((2, 16), 3.0))
+
+
+def test_freed_slot_is_zeroed_before_reuse(executor):
+    store = _store(executor)
+    a, _ = store.create("a", None)
+    store.write_state(a.slot, torch.ones(2, 16))
+    store.remove(a)
+    b, _ = store.create("b", None)
+    assert b.slot == a.slot
+    executor.submit(lambda: None).result()  # the zeroing ran on the engine thread
+    assert torch.count_nonzero(store.read_state(b.slot)) == 0
+
+
+def test_lru_eviction_picks_least_recently_used_idle_session(executor):
+    store = _store(executor, initial_capacity=3, max_sessions=3, eviction="lru")
+    a = store.create("a", None)[0]
+    b = store.create("b", None)[0]
+    store.create("c", None)
+    store.touch(a)  # now b is the least recently used
+    evicted = store.create("d", None)[1]
+    assert [s.session_id for s in evicted] == ["b"]
+    assert isinstance(store.missing("b"), SessionEvicted)
+    assert b.closed and "a" in store
+
+
+def test_expired_sessions_are_found_oldest_first_and_remembered(executor):
+    store = _store(executor, default_ttl=0.05, initial_capacity=4)
+    old = store.create("old", None)[0]
+    forever = store.create("forever", 0.0)[0]
+    time.sleep(0.06)
+    fresh = store.create("fresh", None)[0]
+    found = store.expired(time.monotonic())
+    assert found == [old]
+    assert forever not in found and fresh not in found
+    store.remove(old, SessionExpired)
+    assert isinstance(store.missing("old"), SessionExpired)
