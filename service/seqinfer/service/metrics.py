@@ -25,14 +25,16 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import socket
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -562,6 +564,25 @@ def build_registry(
     return registry
 
 
+class _MetricsHTTPServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, so a slow scraper never blocks another."""
+
+    daemon_threads = True
+
+
+class _MetricsHTTPServer6(_MetricsHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes every few seconds would flood the log; Prometheus records failures."""
+
+
+# How often the serving loop checks for stop(): bounds stop()'s latency.
+_POLL_SECONDS = 0.05
+
+
 def start_metrics_exporter(
     host: str,
     port: int,
@@ -572,7 +593,19 @@ def start_metrics_exporter(
     """Serve /metrics on host:port (port 0: an ephemeral port, see ``.port``) in a thread."""
     observer = PrometheusObserver()
     registry = build_registry(observer, stats_provider, version=version)
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    # Not prometheus_client.start_http_server: its loop polls every 0.5 s, so each
+    # stop() took half a second (felt in every test that starts a server).
+    server_class = _MetricsHTTPServer6 if ":" in host else _MetricsHTTPServer
+    server = make_server(
+        host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": _POLL_SECONDS},
+        name="seqinfer-metrics",
+        daemon=True,
+    )
+    thread.start()
     bound_port = int(server.server_address[1])
     log.info("metrics: serving http://%s:%d/metrics", host, bound_port)
     return MetricsExporter(observer, bound_port, registry, server, thread)
