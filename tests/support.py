@@ -182,3 +182,28 @@ def make_model(
     g = torch.Generator().manual_seed(seed)
     tensors = {k: torch.randn(s, generator=g) * 0.4 for k, s in spec.expected_shapes().items()}
     return LoadedModel(spec, tensors)
+
+
+def error_reason(error: Any) -> tuple[Any, str, dict[str, str]]:
+    """(grpc code, ErrorInfo reason, metadata) of a failed call."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status on {error.code()}: {error.details()}"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "seqinfer.v1"
+            return error.code(), info.reason, dict(info.metadata)
+    raise AssertionError("status carries no ErrorInfo")
+
+
+def status_reason(status: Any) -> tuple[int, str, dict[str, str]]:
+    """(code, reason, metadata) of a google.rpc.Status from a StepResult."""
+    from google.rpc import error_details_pb2
+
+    info = error_details_pb2.ErrorInfo()
+    status.details[0].Unpack(info)
+    return status.code, info.reason, dict(info.metadata)

@@ -183,9 +183,7 @@ class Scheduler:
                 for it in batch
             ]
             try:
-                results = await loop.run_in_executor(
-                    self.executor, self.engine.run, self.store.slab, engine_items
-                )
+                results = await loop.run_in_executor(self.executor, self._compute, engine_items)
             except Exception as exc:  # a server fault, never the caller's
                 log.exception("engine failed on a batch of %d", len(batch))
                 self._fail_batch(batch, exc)
@@ -193,6 +191,11 @@ class Scheduler:
                 self._complete(batch, results, started)
             self.in_flight = 0
             self._check_idle()
+
+    def _compute(self, items: list[EngineItem]) -> list[EngineResult]:
+        # Read the slab on the engine thread: a growth queued ahead of this
+        # batch replaces the tensor, and the batch must write to the new one.
+        return self.engine.run(self.store.slab, items)
 
     async def _fill_window(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give a small batch a chance to grow before it runs."""
