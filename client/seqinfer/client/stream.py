@@ -573,7 +573,7 @@ class AsyncStepStream(_StreamBase):
                     if settled is not None:
                         _apply([settled])
             except grpc.aio.AioRpcError as exc:
-                error = from_rpc_error(exc)
+                error = _aio_stream_error(exc)
             except asyncio.CancelledError:
                 # The runner task itself was cancelled (e.g. loop shutdown):
                 # settle every future so no caller waits forever, then obey.
@@ -606,6 +606,29 @@ class AsyncStepStream(_StreamBase):
             _apply(settlements)
             if self._error is not None:
                 return
+
+
+def _aio_stream_error(exc: grpc.aio.AioRpcError) -> SeqinferError:
+    """Decodes a broken aio stream's status, undoing a known grpc.aio misreport.
+
+    grpc.aio (up to at least 1.85) replaces the server's status with
+    ``INTERNAL: Internal error from Core`` when a write races with the end of
+    the call (grpc/grpc#36066). Our server's own INTERNAL errors carry an
+    ErrorInfo reason, so a reason-less one with that text is the misreport:
+    treat it as the broken connection it almost always is, which makes it
+    retryable (safe: resent steps carry expected_step).
+    """
+    error = from_rpc_error(exc)
+    if (
+        error.code is grpc.StatusCode.INTERNAL
+        and not error.reason
+        and error.message == "Internal error from Core"
+    ):
+        return Unavailable(
+            "stream ended while a request was being written (grpc.aio reports this "
+            "as INTERNAL: Internal error from Core, grpc/grpc#36066)"
+        )
+    return error
 
 
 async def _write_loop(call: Any, q: asyncio.Queue[Any]) -> None:

@@ -125,7 +125,7 @@ def prepare_inputs(
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
         raise TensorError(f"inputs must be numbers, got dtype {arr.dtype}")
     if kind is None:
-        kind = "dense" if arr.ndim == 2 or (arr.ndim == 1 and arr.dtype.kind == "f") else "tokens"
+        kind = "dense" if arr.ndim >= 2 or (arr.ndim == 1 and arr.dtype.kind == "f") else "tokens"
     if kind == "dense":
         if arr.ndim == 1:
             arr = arr.reshape(1, -1)
