@@ -23,6 +23,12 @@ def _register_commands() -> None:
 
     serve.register(app)
     health_cmd.register(app)
+    from seqinfer.cli import model_cmds
+
+    model_cmds.register(app)
+    from seqinfer.cli import demo
+
+    demo.register(app)
 
 
 _register_commands()

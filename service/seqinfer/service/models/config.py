@@ -81,6 +81,10 @@ class CharTokenizer(_Strict):
     kind: Literal["chars"]
     alphabet: str = Field(min_length=1)
     unknown_id: int = Field(ge=0)
+    # (from, to) replacements applied before lookup (e.g. curly quotes to
+    # ASCII ones), as in training, so that such text is not all unknowns.
+    # Pairs, not a dict, so that a spec holding this stays hashable.
+    normalise: tuple[tuple[str, str], ...] = ()
 
     @field_validator("alphabet")
     @classmethod
@@ -92,6 +96,20 @@ class CharTokenizer(_Strict):
     @property
     def vocab_size(self) -> int:
         return max(len(self.alphabet), self.unknown_id + 1)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, after the normalisation table."""
+        for old, new in self.normalise:
+            text = text.replace(old, new)
+        index = {ch: i for i, ch in enumerate(self.alphabet)}
+        return [index.get(ch, self.unknown_id) for ch in text]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids; the unknown id and ids outside the alphabet become U+FFFD."""
+        n = len(self.alphabet)
+        return "".join(
+            self.alphabet[i] if 0 <= i < n and i != self.unknown_id else "\ufffd" for i in ids
+        )
 
 
 InputConfig = Annotated[TokensInput | DenseInput, Field(discriminator="kind")]
