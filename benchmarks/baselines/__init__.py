@@ -1,0 +1,1 @@
+"""Servers seqinfer is measured against: a transport-only echo and a hand-written GRU server."""

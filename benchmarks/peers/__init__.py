@@ -1,0 +1,1 @@
+"""Rival servers run side by side with seqinfer (each in its own folder and venv)."""
