@@ -59,6 +59,8 @@ class ServerThread:
         return f"127.0.0.1:{self.server.port}"
 
     def stop(self, grace: float = 5) -> None:
+        if not self._thread.is_alive():
+            return  # stopped already (a test may stop it early)
         self.call(self.server.stop(grace))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)

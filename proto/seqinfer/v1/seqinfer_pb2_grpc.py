@@ -165,8 +165,8 @@ class SeqinferServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StepMany(self, request, context):
-        """Steps of many sessions in one message (for gateways). At most one
-        request per session per message. Results are in request order.
+        """Steps of many sessions in one message (for gateways). Requests for the
+        same session apply in message order. Results are in request order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,8 +62,8 @@ class SeqinferStub:
     results of different sessions may interleave in any order.
     """
     StepMany: _grpc.UnaryUnaryMultiCallable[_seqinfer_pb2.StepManyRequest, _seqinfer_pb2.StepManyResponse]
-    """Steps of many sessions in one message (for gateways). At most one
-    request per session per message. Results are in request order.
+    """Steps of many sessions in one message (for gateways). Requests for the
+    same session apply in message order. Results are in request order.
     """
 
 @_typing.type_check_only
@@ -91,8 +91,8 @@ class SeqinferAsyncStub(SeqinferStub):
     results of different sessions may interleave in any order.
     """
     StepMany: _aio.UnaryUnaryMultiCallable[_seqinfer_pb2.StepManyRequest, _seqinfer_pb2.StepManyResponse]  # type: ignore[assignment]
-    """Steps of many sessions in one message (for gateways). At most one
-    request per session per message. Results are in request order.
+    """Steps of many sessions in one message (for gateways). Requests for the
+    same session apply in message order. Results are in request order.
     """
 
 class SeqinferServicer(metaclass=_abc_1.ABCMeta):
@@ -183,8 +183,8 @@ class SeqinferServicer(metaclass=_abc_1.ABCMeta):
         request: _seqinfer_pb2.StepManyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_seqinfer_pb2.StepManyResponse, _abc.Awaitable[_seqinfer_pb2.StepManyResponse]]:
-        """Steps of many sessions in one message (for gateways). At most one
-        request per session per message. Results are in request order.
+        """Steps of many sessions in one message (for gateways). Requests for the
+        same session apply in message order. Results are in request order.
         """
 
 def add_SeqinferServicer_to_server(servicer: SeqinferServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
