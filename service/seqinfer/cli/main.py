@@ -29,6 +29,9 @@ def _register_commands() -> None:
     from seqinfer.cli import demo
 
     demo.register(app)
+    from seqinfer.cli import client_cmds
+
+    client_cmds.register(app)
 
 
 _register_commands()
