@@ -67,7 +67,9 @@ class ServerThread:
 
 
 @contextmanager
-def running_server(models: list[LoadedModel] | None = None, **overrides: Any) -> Iterator[ServerThread]:
+def running_server(
+    models: list[LoadedModel] | None = None, **overrides: Any
+) -> Iterator[ServerThread]:
     server = ServerThread(test_settings(**overrides), models).start()
     try:
         yield server

@@ -20,10 +20,16 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 @pytest.fixture(scope="module")
 def api():
-    with running_server([DENSE, TOKENS], max_timesteps=100, max_message_bytes=64 * 1024,
-                        max_step_many=8) as server, stub(server.address) as api:
+    with (
+        running_server(
+            [DENSE, TOKENS], max_timesteps=100, max_message_bytes=64 * 1024, max_step_many=8
+        ) as server,
+        stub(server.address) as api,
+    ):
         api.OpenSession(pb.OpenSessionRequest(model="dense", session_id="bystander"))
-        api.Step(pb.StepRequest(session_id="bystander", inputs=to_tensor(np.ones((5, 8), np.float32))))
+        api.Step(
+            pb.StepRequest(session_id="bystander", inputs=to_tensor(np.ones((5, 8), np.float32)))
+        )
         api.OpenSession(pb.OpenSessionRequest(model="dense", session_id="d"))
         api.OpenSession(pb.OpenSessionRequest(model="tokens", session_id="t"))
         before = api.ExportState(pb.ExportStateRequest(session_id="bystander"))
@@ -42,74 +48,149 @@ F32 = np.float32
 CASES = {
     "unknown session": (
         pb.StepRequest(session_id="ghost", inputs=to_tensor(np.ones((1, 8), F32))),
-        grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", None),
+        grpc.StatusCode.NOT_FOUND,
+        "SESSION_NOT_FOUND",
+        None,
+    ),
     "unknown model": (
-        pb.StepRequest(session_id="n", start=True, model="nope", inputs=to_tensor(np.ones((1, 8), F32))),
-        grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", None),
+        pb.StepRequest(
+            session_id="n", start=True, model="nope", inputs=to_tensor(np.ones((1, 8), F32))
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND",
+        None,
+    ),
     "unknown version": (
-        pb.StepRequest(session_id="n", start=True, model="dense", model_version="9",
-                       inputs=to_tensor(np.ones((1, 8), F32))),
-        grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", None),
+        pb.StepRequest(
+            session_id="n",
+            start=True,
+            model="dense",
+            model_version="9",
+            inputs=to_tensor(np.ones((1, 8), F32)),
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND",
+        None,
+    ),
     "int inputs for a dense model": (
         pb.StepRequest(session_id="d", inputs=to_tensor(np.ones((1, 8), np.int32))),
-        INVALID, "INVALID_INPUT", "inputs.dtype"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.dtype",
+    ),
     "float inputs for a token model": (
         pb.StepRequest(session_id="t", inputs=to_tensor(np.ones(3, F32))),
-        INVALID, "INVALID_INPUT", "inputs.dtype"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.dtype",
+    ),
     "unspecified dtype": (
         pb.StepRequest(session_id="d", inputs=_raw(pb.DTYPE_UNSPECIFIED, [1, 8], 32)),
-        INVALID, "INVALID_INPUT", "inputs.dtype"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.dtype",
+    ),
     "wrong feature size": (
         pb.StepRequest(session_id="d", inputs=to_tensor(np.ones((2, 7), F32))),
-        INVALID, "INVALID_INPUT", "inputs.shape"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.shape",
+    ),
     "1-D dense inputs": (
         pb.StepRequest(session_id="d", inputs=to_tensor(np.ones(8, F32))),
-        INVALID, "INVALID_INPUT", "inputs.shape"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.shape",
+    ),
     "2-D token inputs": (
         pb.StepRequest(session_id="t", inputs=to_tensor(np.ones((2, 2), np.int64))),
-        INVALID, "INVALID_INPUT", "inputs.shape"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.shape",
+    ),
     "bytes do not match shape": (
         pb.StepRequest(session_id="d", inputs=_raw(pb.DTYPE_FLOAT32, [2, 8], 60)),
-        INVALID, "INVALID_INPUT", "inputs.data"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.data",
+    ),
     "T = 0": (
         pb.StepRequest(session_id="d", inputs=_raw(pb.DTYPE_FLOAT32, [0, 8], 0)),
-        INVALID, "INVALID_INPUT", "inputs.shape"),
-    "no inputs at all": (
-        pb.StepRequest(session_id="d"),
-        INVALID, "INVALID_INPUT", "inputs.dtype"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.shape",
+    ),
+    "no inputs at all": (pb.StepRequest(session_id="d"), INVALID, "INVALID_INPUT", "inputs.dtype"),
     "T above the maximum": (
         pb.StepRequest(session_id="d", inputs=to_tensor(np.ones((101, 8), F32))),
-        INVALID, "TOO_LARGE", "inputs.shape"),
+        INVALID,
+        "TOO_LARGE",
+        "inputs.shape",
+    ),
     "token id above vocabulary": (
         pb.StepRequest(session_id="t", inputs=to_tensor(np.array([1, 30], np.int64))),
-        INVALID, "INVALID_INPUT", "inputs.data"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.data",
+    ),
     "negative token id": (
         pb.StepRequest(session_id="t", inputs=to_tensor(np.array([-1], np.int32))),
-        INVALID, "INVALID_INPUT", "inputs.data"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.data",
+    ),
     "NaN input": (
         pb.StepRequest(session_id="d", inputs=to_tensor(np.full((1, 8), np.nan, F32))),
-        INVALID, "INVALID_INPUT", "inputs.data"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.data",
+    ),
     "Inf input": (
         pb.StepRequest(session_id="d", inputs=to_tensor(np.full((1, 8), np.inf, F32))),
-        INVALID, "INVALID_INPUT", "inputs.data"),
+        INVALID,
+        "INVALID_INPUT",
+        "inputs.data",
+    ),
     "empty session id": (
         pb.StepRequest(session_id="", inputs=to_tensor(np.ones((1, 8), F32))),
-        INVALID, "INVALID_INPUT", "session_id"),
+        INVALID,
+        "INVALID_INPUT",
+        "session_id",
+    ),
     "oversized session id": (
-        pb.StepRequest(session_id="x" * 129, start=True, model="dense",
-                       inputs=to_tensor(np.ones((1, 8), F32))),
-        INVALID, "INVALID_INPUT", "session_id"),
+        pb.StepRequest(
+            session_id="x" * 129, start=True, model="dense", inputs=to_tensor(np.ones((1, 8), F32))
+        ),
+        INVALID,
+        "INVALID_INPUT",
+        "session_id",
+    ),
     "control characters in session id": (
-        pb.StepRequest(session_id="a\nb", start=True, model="dense",
-                       inputs=to_tensor(np.ones((1, 8), F32))),
-        INVALID, "INVALID_INPUT", "session_id"),
+        pb.StepRequest(
+            session_id="a\nb", start=True, model="dense", inputs=to_tensor(np.ones((1, 8), F32))
+        ),
+        INVALID,
+        "INVALID_INPUT",
+        "session_id",
+    ),
     "negative ttl": (
-        pb.StepRequest(session_id="n2", start=True, model="dense", idle_ttl_seconds=-1,
-                       inputs=to_tensor(np.ones((1, 8), F32))),
-        INVALID, "INVALID_INPUT", "idle_ttl_seconds"),
+        pb.StepRequest(
+            session_id="n2",
+            start=True,
+            model="dense",
+            idle_ttl_seconds=-1,
+            inputs=to_tensor(np.ones((1, 8), F32)),
+        ),
+        INVALID,
+        "INVALID_INPUT",
+        "idle_ttl_seconds",
+    ),
     "unknown output mode": (
         pb.StepRequest(session_id="d", output_mode=99, inputs=to_tensor(np.ones((1, 8), F32))),
-        INVALID, "INVALID_INPUT", "output_mode"),
+        INVALID,
+        "INVALID_INPUT",
+        "output_mode",
+    ),
 }
 
 
@@ -132,23 +213,63 @@ def test_bad_step_request(api, case: str):
 @pytest.mark.parametrize(
     ("name", "call", "code", "reason", "field"),
     [
-        ("initial state shape", lambda a: a.OpenSession(pb.OpenSessionRequest(
-            model="dense", initial_state=to_tensor(np.zeros((2, 15), F32)))),
-         INVALID, "INVALID_INPUT", "initial_state.shape"),
-        ("initial state NaN", lambda a: a.OpenSession(pb.OpenSessionRequest(
-            model="dense", initial_state=to_tensor(np.full((2, 16), np.nan, F32)))),
-         INVALID, "INVALID_INPUT", "initial_state.data"),
-        ("import wrong shape", lambda a: a.ImportState(pb.ImportStateRequest(
-            session_id="d", state=to_tensor(np.zeros((1, 16), F32)))),
-         INVALID, "INVALID_INPUT", "state.shape"),
-        ("fork to an existing id", lambda a: a.ForkSession(pb.ForkSessionRequest(
-            session_id="d", new_session_id="t")),
-         grpc.StatusCode.ALREADY_EXISTS, "SESSION_EXISTS", None),
-        ("StepMany over the limit", lambda a: a.StepMany(pb.StepManyRequest(steps=[
-            pb.StepRequest(session_id="d", inputs=to_tensor(np.ones((1, 8), F32)))] * 9)),
-         INVALID, "TOO_LARGE", "steps"),
-        ("get with empty id", lambda a: a.GetSession(pb.GetSessionRequest()),
-         INVALID, "INVALID_INPUT", "session_id"),
+        (
+            "initial state shape",
+            lambda a: a.OpenSession(
+                pb.OpenSessionRequest(
+                    model="dense", initial_state=to_tensor(np.zeros((2, 15), F32))
+                )
+            ),
+            INVALID,
+            "INVALID_INPUT",
+            "initial_state.shape",
+        ),
+        (
+            "initial state NaN",
+            lambda a: a.OpenSession(
+                pb.OpenSessionRequest(
+                    model="dense", initial_state=to_tensor(np.full((2, 16), np.nan, F32))
+                )
+            ),
+            INVALID,
+            "INVALID_INPUT",
+            "initial_state.data",
+        ),
+        (
+            "import wrong shape",
+            lambda a: a.ImportState(
+                pb.ImportStateRequest(session_id="d", state=to_tensor(np.zeros((1, 16), F32)))
+            ),
+            INVALID,
+            "INVALID_INPUT",
+            "state.shape",
+        ),
+        (
+            "fork to an existing id",
+            lambda a: a.ForkSession(pb.ForkSessionRequest(session_id="d", new_session_id="t")),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "SESSION_EXISTS",
+            None,
+        ),
+        (
+            "StepMany over the limit",
+            lambda a: a.StepMany(
+                pb.StepManyRequest(
+                    steps=[pb.StepRequest(session_id="d", inputs=to_tensor(np.ones((1, 8), F32)))]
+                    * 9
+                )
+            ),
+            INVALID,
+            "TOO_LARGE",
+            "steps",
+        ),
+        (
+            "get with empty id",
+            lambda a: a.GetSession(pb.GetSessionRequest()),
+            INVALID,
+            "INVALID_INPUT",
+            "session_id",
+        ),
     ],
 )
 def test_bad_session_request(api, name, call, code, reason, field):
@@ -186,10 +307,16 @@ def test_bad_items_in_a_stream_get_error_replies_and_the_stream_goes_on(api):
 
 def test_step_many_mixes_results_and_errors_in_order(api):
     good = to_tensor(np.ones((1, 8), F32))
-    reply = api.StepMany(pb.StepManyRequest(steps=[
-        pb.StepRequest(session_id="d", inputs=good, request_id="a"),
-        pb.StepRequest(session_id="t", inputs=good, request_id="b"),
-        pb.StepRequest(session_id="t", inputs=to_tensor(np.array([3], np.int64)), request_id="c"),
-    ]))
+    reply = api.StepMany(
+        pb.StepManyRequest(
+            steps=[
+                pb.StepRequest(session_id="d", inputs=good, request_id="a"),
+                pb.StepRequest(session_id="t", inputs=good, request_id="b"),
+                pb.StepRequest(
+                    session_id="t", inputs=to_tensor(np.array([3], np.int64)), request_id="c"
+                ),
+            ]
+        )
+    )
     assert [r.request_id for r in reply.results] == ["a", "b", "c"]
     assert [r.WhichOneof("outcome") for r in reply.results] == ["response", "error", "response"]

@@ -32,8 +32,12 @@ async def _stream_worker(stub, worker: int, log: list[tuple[str, np.ndarray, int
         plan.append((sid, rng.standard_normal((int(rng.integers(1, 4)), 8)).astype(np.float32)))
     requests = [
         pb.StepRequest(
-            session_id=sid, inputs=to_tensor(x), request_id=uuid.uuid4().hex,
-            start=sid == own and k == 0, model="conc", output_mode=pb.OUTPUT_MODE_NONE,
+            session_id=sid,
+            inputs=to_tensor(x),
+            request_id=uuid.uuid4().hex,
+            start=sid == own and k == 0,
+            model="conc",
+            output_mode=pb.OUTPUT_MODE_NONE,
         )
         for k, (sid, x) in enumerate(plan)
     ]

@@ -43,8 +43,12 @@ async def _drive(address: str, model_name: str, seed: int) -> None:
             x = _chunk(model, rng, pick.choice([1, 1, 1, 2, 3, 7, 17, 40]))
             sent[sid].append(x)
             return pb.StepRequest(
-                session_id=sid, inputs=to_tensor(x), start=len(sent[sid]) == 1,
-                model=model_name, output_mode=pb.OUTPUT_MODE_ALL, return_state=True,
+                session_id=sid,
+                inputs=to_tensor(x),
+                start=len(sent[sid]) == 1,
+                model=model_name,
+                output_mode=pb.OUTPUT_MODE_ALL,
+                return_state=True,
             )
 
         def record(result_sid: str, response: pb.StepResponse) -> None:

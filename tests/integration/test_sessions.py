@@ -60,18 +60,27 @@ def test_open_get_close(api):
     _step(api, "life", _x(3))
     assert api.GetSession(pb.GetSessionRequest(session_id="life")).step == 3
     assert api.CloseSession(pb.CloseSessionRequest(session_id="life")).final_step == 3
-    _expect(lambda: api.GetSession(pb.GetSessionRequest(session_id="life")),
-            grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
-    _expect(lambda: api.OpenSession(pb.OpenSessionRequest(model="nope")),
-            grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
+    _expect(
+        lambda: api.GetSession(pb.GetSessionRequest(session_id="life")),
+        grpc.StatusCode.NOT_FOUND,
+        "SESSION_NOT_FOUND",
+    )
+    _expect(
+        lambda: api.OpenSession(pb.OpenSessionRequest(model="nope")),
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND",
+    )
 
 
 def test_server_issues_unique_ids_and_refuses_duplicates(api):
     a = api.OpenSession(pb.OpenSessionRequest(model="m")).session_id
     b = api.OpenSession(pb.OpenSessionRequest(model="m")).session_id
     assert a != b and len(a) >= 32
-    _expect(lambda: api.OpenSession(pb.OpenSessionRequest(model="m", session_id=a)),
-            grpc.StatusCode.ALREADY_EXISTS, "SESSION_EXISTS")
+    _expect(
+        lambda: api.OpenSession(pb.OpenSessionRequest(model="m", session_id=a)),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "SESSION_EXISTS",
+    )
 
 
 def test_initial_state_fork_export_import_round_trip(api):
@@ -90,8 +99,11 @@ def test_initial_state_fork_export_import_round_trip(api):
     np.testing.assert_allclose(from_tensor(exported.state), want_state, atol=1e-5)
     assert exported.session.step == 7
     # Import into a new session (migration) and continue identically.
-    api.ImportState(pb.ImportStateRequest(
-        session_id="moved", state=exported.state, create=True, model="m", step=7))
+    api.ImportState(
+        pb.ImportStateRequest(
+            session_id="moved", state=exported.state, create=True, model="m", step=7
+        )
+    )
     assert api.GetSession(pb.GetSessionRequest(session_id="moved")).step == 7
     x3 = _x(2, 3)
     c = _step(api, "src", x3, return_state=True)
@@ -121,7 +133,8 @@ def test_expected_step_retry_is_exactly_once(api):
     assert api.GetSession(pb.GetSessionRequest(session_id="idem")).step == 2
     _, metadata = _expect(
         lambda: _step(api, "idem", x, expected_step=7, request_id="req-2"),
-        grpc.StatusCode.FAILED_PRECONDITION, "STEP_GAP",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "STEP_GAP",
     )
     assert metadata["current_step"] == "2"
     assert _step(api, "idem", x, expected_step=2, request_id="req-3").step == 4
@@ -132,8 +145,11 @@ def test_idle_ttl_expiry_is_reported_as_expired():
         api.OpenSession(pb.OpenSessionRequest(model="m", session_id="short", idle_ttl_seconds=0.2))
         api.OpenSession(pb.OpenSessionRequest(model="m", session_id="kept", idle_ttl_seconds=0))
         time.sleep(0.6)
-        _expect(lambda: api.GetSession(pb.GetSessionRequest(session_id="short")),
-                grpc.StatusCode.NOT_FOUND, "SESSION_EXPIRED")
+        _expect(
+            lambda: api.GetSession(pb.GetSessionRequest(session_id="short")),
+            grpc.StatusCode.NOT_FOUND,
+            "SESSION_EXPIRED",
+        )
         assert api.GetSession(pb.GetSessionRequest(session_id="kept")).session_id == "kept"
 
 
@@ -141,10 +157,16 @@ def test_max_sessions_rejects_or_evicts_lru():
     with running_server([MODEL], max_sessions=3) as srv, stub(srv.address) as api:
         for i in range(3):
             api.OpenSession(pb.OpenSessionRequest(model="m", session_id=f"r{i}"))
-        _expect(lambda: api.OpenSession(pb.OpenSessionRequest(model="m")),
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "CAPACITY_FULL")
-        _expect(lambda: _step(api, "new", _x(1), start=True, model="m"),
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "CAPACITY_FULL")
+        _expect(
+            lambda: api.OpenSession(pb.OpenSessionRequest(model="m")),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "CAPACITY_FULL",
+        )
+        _expect(
+            lambda: _step(api, "new", _x(1), start=True, model="m"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "CAPACITY_FULL",
+        )
     with running_server([MODEL], max_sessions=3, eviction="lru") as srv, stub(srv.address) as api:
         for i in range(3):
             api.OpenSession(pb.OpenSessionRequest(model="m", session_id=f"l{i}"))

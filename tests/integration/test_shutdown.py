@@ -23,9 +23,24 @@ CLI = [sys.executable, "-c", "from seqinfer.cli.main import main; main()"]
 
 def _start_cli_server(*extra: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-         "--device", "cpu", "--log-level", "WARNING", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *CLI,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--device",
+            "cpu",
+            "--log-level",
+            "WARNING",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 60

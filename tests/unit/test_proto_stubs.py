@@ -11,10 +11,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_stubs_are_up_to_date(tmp_path: Path):
-    env = {**os.environ, "PYTHON": sys.executable,
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    subprocess.run(["bash", str(ROOT / "scripts/gen_proto.sh"), str(tmp_path)], check=True,
-                   env=env, capture_output=True)
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    subprocess.run(
+        ["bash", str(ROOT / "scripts/gen_proto.sh"), str(tmp_path)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert generated, "nothing generated"
     for relative in generated:

@@ -36,15 +36,24 @@ class Harness:
         self.executor = ThreadPoolExecutor(1)
         engine = GRUEngine(self.model, torch.device("cpu"))
         self.store = SessionStore(
-            engine, self.executor, initial_capacity=64, max_sessions=64, eviction="reject",
+            engine,
+            self.executor,
+            initial_capacity=64,
+            max_sessions=64,
+            eviction="reject",
             default_ttl=0.0,
         )
         self.observer = Recorder()
         options = {"max_batch_size": 64, "max_batch_delay": 0.0, "max_queue_size": 1000}
         options.update(kw)
         self.scheduler = Scheduler(
-            "tiny:1", engine, self.store, self.executor, observer=self.observer,
-            on_session_closed=lambda s, r: self.store.remove(s), **options,
+            "tiny:1",
+            engine,
+            self.store,
+            self.executor,
+            observer=self.observer,
+            on_session_closed=lambda s, r: self.store.remove(s),
+            **options,
         )
 
     def item(self, session, x, **kw) -> StepItem:

@@ -15,7 +15,9 @@ def serve(
         Path | None, typer.Option("--config", help="YAML file of settings (see README).")
     ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="gRPC port; 0 = any free [default: 50051].")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="gRPC port; 0 = any free [default: 50051].")
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus /metrics port; 0 disables [default: 9464].")
     ] = None,
@@ -26,7 +28,9 @@ def serve(
     model_repository: Annotated[
         Path | None, typer.Option(help="Directory of model directories to serve.")
     ] = None,
-    default_model: Annotated[str | None, typer.Option(help="Model used when none is named.")] = None,
+    default_model: Annotated[
+        str | None, typer.Option(help="Model used when none is named.")
+    ] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Sessions per batch.")] = None,
     max_batch_delay_ms: Annotated[
         float | None, typer.Option(help="Wait for a fuller batch (ms) when idle.")

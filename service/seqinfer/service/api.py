@@ -83,7 +83,8 @@ def model_to_pb(runtime: ModelRuntime) -> pb.ModelInfo:
         max_timesteps=runtime.settings.max_timesteps,
         max_sessions=runtime.store.max_sessions,
         open_sessions=len(runtime.store),
-        state_bytes_per_session=spec.num_layers * spec.hidden_size
+        state_bytes_per_session=spec.num_layers
+        * spec.hidden_size
         * runtime.store.slab.element_size(),
     )
 
@@ -148,7 +149,9 @@ def _handle(
 
     def wrap(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         @functools.wraps(fn)
-        async def handler(self: SeqinferServicer, request: Any, context: grpc.aio.ServicerContext) -> R:
+        async def handler(
+            self: SeqinferServicer, request: Any, context: grpc.aio.ServicerContext
+        ) -> R:
             observer = self.observer
             observer.rpc_started(method)
             started = time.perf_counter()
@@ -192,7 +195,9 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
     # ------------------------------------------------------------ models --
 
     @_handle("ListModels")
-    async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Any
+    ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model_to_pb(r) for r in self.router.runtimes])
 
     @_handle("GetModel")
@@ -201,7 +206,9 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
 
     # ---------------------------------------------------------- sessions --
 
-    def _check_id(self, session_id: str, field: str = "session_id", *, required: bool = True) -> None:
+    def _check_id(
+        self, session_id: str, field: str = "session_id", *, required: bool = True
+    ) -> None:
         check_session_id(session_id, field, self.settings.max_session_id_bytes, required=required)
 
     @_handle("OpenSession")
@@ -364,8 +371,8 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             raise
         results = []
         for step, future in zip(request.steps, futures):
-            error = future.exception()
-            if error is None:
+            failure = future.exception()
+            if failure is None:
                 outcome = future.result()
                 results.append(
                     pb.StepResult(
@@ -375,7 +382,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
                     )
                 )
             else:
-                results.append(_result_error(step, error))
+                results.append(_result_error(step, failure))
         return pb.StepManyResponse(results=results)
 
     async def StreamSteps(

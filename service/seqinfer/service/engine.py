@@ -56,8 +56,11 @@ class GRUEngine:
         self.embedding = t["embedding.weight"] if spec.input_kind is InputKind.TOKENS else None
         # The nn.GRU serves long chunks; the step path shares its parameters.
         self.gru = nn.GRU(
-            spec.gru_input_size, spec.hidden_size, spec.num_layers,
-            device=device, dtype=spec.torch_dtype,
+            spec.gru_input_size,
+            spec.hidden_size,
+            spec.num_layers,
+            device=device,
+            dtype=spec.torch_dtype,
         )
         with torch.no_grad():
             for name, param in self.gru.named_parameters():
@@ -79,8 +82,11 @@ class GRUEngine:
 
     def new_slab(self, capacity: int) -> torch.Tensor:
         return torch.zeros(
-            self.spec.num_layers, capacity, self.spec.hidden_size,
-            dtype=self.spec.torch_dtype, device=self.device,
+            self.spec.num_layers,
+            capacity,
+            self.spec.hidden_size,
+            dtype=self.spec.torch_dtype,
+            device=self.device,
         )
 
     def _embed(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -109,8 +115,12 @@ class GRUEngine:
         resets = [it.slot for it in items if it.reset]
         if resets:
             slab[:, torch.tensor(resets, device=self.device)] = 0
-        long_idx = [i for i, it in enumerate(items) if it.inputs.shape[0] >= self.long_chunk_threshold]
-        short_idx = [i for i, it in enumerate(items) if it.inputs.shape[0] < self.long_chunk_threshold]
+        long_idx = [
+            i for i, it in enumerate(items) if it.inputs.shape[0] >= self.long_chunk_threshold
+        ]
+        short_idx = [
+            i for i, it in enumerate(items) if it.inputs.shape[0] < self.long_chunk_threshold
+        ]
         tops: list[torch.Tensor | None] = [None] * len(items)
         if short_idx:
             for i, top in zip(short_idx, self._run_short(slab, [items[i] for i in short_idx])):
@@ -170,7 +180,11 @@ class GRUEngine:
                 rows.append(top)
             elif it.output_mode is OutputMode.LAST:
                 rows.append(top[-1:])
-        outs = iter(self._head(torch.cat(rows)).to("cpu").split([r.shape[0] for r in rows])) if rows else iter(())
+        outs = (
+            iter(self._head(torch.cat(rows)).to("cpu").split([r.shape[0] for r in rows]))
+            if rows
+            else iter(())
+        )
         results = []
         for it in items:
             outputs = None

@@ -34,7 +34,9 @@ def step_inputs(
                 f"model {spec.key} takes int32/int64 token ids, got {dtype_name(tensor.dtype)}",
             )
         if len(shape) != 1:
-            raise InvalidInput(f"{field}.shape", f"model {spec.key} takes [T] token ids, got {shape}")
+            raise InvalidInput(
+                f"{field}.shape", f"model {spec.key} takes [T] token ids, got {shape}"
+            )
     timesteps = shape[0]
     if timesteps < 1:
         raise InvalidInput(f"{field}.shape", "T (the first dimension) must be at least 1")
@@ -66,10 +68,13 @@ def state_tensor(spec: ModelSpec, tensor: pb.Tensor, field: str) -> torch.Tensor
     """A hidden state [num_layers, hidden_size], finite, in the model dtype."""
     expected = [spec.num_layers, spec.hidden_size]
     if tensor.dtype not in FLOAT_DTYPES:
-        raise InvalidInput(f"{field}.dtype", f"state must be a float tensor, got {dtype_name(tensor.dtype)}")
+        raise InvalidInput(
+            f"{field}.dtype", f"state must be a float tensor, got {dtype_name(tensor.dtype)}"
+        )
     if list(tensor.shape) != expected:
         raise InvalidInput(
-            f"{field}.shape", f"model {spec.key} has state shape {expected}, got {list(tensor.shape)}"
+            f"{field}.shape",
+            f"model {spec.key} has state shape {expected}, got {list(tensor.shape)}",
         )
     state = decode(tensor, field).to(spec.torch_dtype, copy=True)
     if not bool(torch.isfinite(state).all()):

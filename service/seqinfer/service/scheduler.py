@@ -177,9 +177,7 @@ class Scheduler:
             self.in_flight = len(batch)
             started = time.monotonic()
             engine_items = [
-                EngineItem(
-                    it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state
-                )
+                EngineItem(it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state)
                 for it in batch
             ]
             try:
@@ -330,5 +328,3 @@ def _replay(cached: StepOutcome) -> StepOutcome:
         closed=cached.closed,
         replayed=True,
     )
-
-

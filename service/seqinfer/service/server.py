@@ -1,4 +1,4 @@
-"""Wiring and lifecycle: load models, start runtimes, serve gRPC + health + reflection, drain, stop."""
+"""Wiring and lifecycle: load models, start runtimes, serve gRPC, health and reflection, drain."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 from importlib import metadata
-from pathlib import Path
 
 import grpc
 import torch
@@ -173,5 +172,3 @@ def _default_model_name(models: list[LoadedModel]) -> str:
 
     names = {m.spec.name for m in models}
     return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in names else models[0].spec.name
-
-

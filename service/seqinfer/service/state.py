@@ -133,7 +133,9 @@ class SessionStore:
         self.slab = slab
         self.capacity = new_capacity
 
-    def create(self, session_id: str | None, idle_ttl: float | None) -> tuple[Session, list[Session]]:
+    def create(
+        self, session_id: str | None, idle_ttl: float | None
+    ) -> tuple[Session, list[Session]]:
         """Register a session on a free slot, whose state is zeros (torch.nn.GRU's h0).
 
         Returns the session and the sessions evicted to make room for it.
@@ -190,7 +192,12 @@ class SessionStore:
             idle = now - session.last_used
             if idle < self._min_ttl:
                 break
-            if session.idle_ttl > 0 and idle >= session.idle_ttl and not session.busy and not session.pending:
+            if (
+                session.idle_ttl > 0
+                and idle >= session.idle_ttl
+                and not session.busy
+                and not session.pending
+            ):
                 found.append(session)
         return found
 
