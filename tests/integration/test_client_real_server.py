@@ -216,6 +216,14 @@ def test_step_many(client: Client) -> None:
     assert rb.step == 1  # type: ignore[union-attr]
     assert isinstance(rm, SessionNotFound)
     assert (a.step_count, b.step_count) == (3, 1)
+    # The same handle twice: its items apply in order, each expecting the last.
+    xs = frames(2)
+    r1, r2 = client.step_many([(a, xs[:1]), (a, xs[1:])])
+    assert (r1.step, r2.step, a.step_count) == (4, 5, 5)  # type: ignore[union-attr]
+    _, want_state = reference_run(BENCH, np.concatenate([xa, xs]))
+    np.testing.assert_allclose(
+        client.export_state(a.session_id).state, want_state, rtol=1e-4, atol=1e-5
+    )
     a.close()
     b.close()
 

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from seqinfer.client import errors
 from seqinfer.client.retry import Budget, RetryPolicy, call_with_retry
 

@@ -24,6 +24,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
 from seqinfer.client import (
     AsyncClient,
     Client,
@@ -74,6 +75,8 @@ class Script:
     failures: dict[str, list[tuple[grpc.StatusCode, str, bool]]] = field(default_factory=dict)
     # break each StreamSteps call after this many replies (popped per call)
     stream_breaks: list[int] = field(default_factory=list)
+    # after a break point, apply this many more steps without replying first
+    stream_silent: int = 0
     seen: list[tuple[str, object]] = field(default_factory=list)
     metadata: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
 
@@ -325,14 +328,18 @@ class FakeSeqinfer(pb_grpc.SeqinferServicer):
                 tuple((m.key, m.value) for m in context.invocation_metadata())
             )
             limit = self.script.stream_breaks.pop(0) if self.script.stream_breaks else None
-        answered = 0
+        answered = silent = 0
         for req in request_iterator:
             with self.lock:
                 self.script.seen.append(("StreamSteps", req))
             result = self._result(req)
             if limit is not None and answered >= limit:
-                # The step was applied but the stream dies before its reply.
-                context.abort(grpc.StatusCode.UNAVAILABLE, "scripted stream break")
+                # The step was applied but the stream dies before its reply
+                # (optionally after applying a few more without replying).
+                silent += 1
+                if silent > self.script.stream_silent:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "scripted stream break")
+                continue
             answered += 1
             yield result
 
@@ -603,6 +610,25 @@ def test_stream_reconnects_and_resends_exactly_once(
         assert isinstance(anon.exception(), Unavailable)
     per_session = {s.session_id: servicer.sessions[s.session_id].step for s in sessions}
     assert set(per_session.values()) == {10}
+
+
+def test_stream_reports_applied_steps_whose_replies_cannot_be_replayed(
+    fake: tuple[FakeSeqinfer, str], client: Client
+) -> None:
+    servicer, _ = fake
+    servicer.script.stream_breaks = [1]
+    servicer.script.stream_silent = 2  # steps 2, 3 and 4 applied, unanswered
+    s = client.open_session("toy")
+    with client.stream() as stream:
+        futs = [stream.submit(s, X) for _ in range(5)]
+    outcomes = [f.exception() or f.result() for f in futs]
+    assert outcomes[0].step == 1  # type: ignore[union-attr]
+    # Only a session's last reply is cached: 2 and 3 were applied, replies gone.
+    assert [type(o).__name__ for o in outcomes[1:3]] == ["ReplyLost", "ReplyLost"]
+    assert outcomes[1].current_step == 4  # type: ignore[union-attr]
+    assert outcomes[3].replayed and outcomes[3].step == 4  # type: ignore[union-attr]
+    assert outcomes[4].step == 5  # type: ignore[union-attr]
+    assert servicer.applied == 5 and s.step_count == 5  # every step exactly once
 
 
 def test_stream_gives_up_when_retries_run_out(fake: tuple[FakeSeqinfer, str]) -> None:

@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from seqinfer.client import tensors
 from seqinfer.client.tensors import TensorError, from_proto, prepare_inputs, to_proto
 from seqinfer.v1 import seqinfer_pb2 as pb

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import numpy.typing as npt
+
 from seqinfer.client import messages, tensors
 from seqinfer.client.client import StepManyResult, _step_many_results
 from seqinfer.client.datatypes import ExportedState, ModelInfo, SessionInfo, StepOutput
@@ -31,7 +32,7 @@ from seqinfer.client.options import (
 from seqinfer.client.retry import RetryPolicy, acall_with_retry
 from seqinfer.client.session import AsyncSession, needs_kind
 from seqinfer.client.stream import DEFAULT_MAX_IN_FLIGHT, AsyncStepStream
-from seqinfer.client.tensors import DTypeLike, InputKind
+from seqinfer.client.tensors import DTypeLike, InputKind, timesteps
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
@@ -268,6 +269,7 @@ class AsyncClient:
         """Steps of many sessions in one message (see ``Client.step_many``)."""
         requests: list[pb.StepRequest] = []
         handles: list[AsyncSession | None] = []
+        predicted: dict[int, int] = {}
         for item in items:
             if isinstance(item, StepCall):
                 kind = None
@@ -282,8 +284,12 @@ class AsyncClient:
                     if needs_kind(inputs)
                     else None
                 )
-                call = StepCall(sess.session_id, inputs, expected_step=sess.step_count)
-                requests.append(call.to_proto(kind))
+                # A handle may appear more than once (its steps apply in
+                # order): each item expects the counter after the previous one.
+                expected = predicted.get(id(sess), sess.step_count)
+                req = StepCall(sess.session_id, inputs, expected_step=expected).to_proto(kind)
+                predicted[id(sess)] = expected + timesteps(req.inputs)
+                requests.append(req)
                 handles.append(sess)
         safe = all(r.HasField("expected_step") and r.request_id for r in requests)
         resp = await self._unary(

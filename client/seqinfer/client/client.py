@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy.typing as npt
+
 from seqinfer.client import messages, tensors
 from seqinfer.client.datatypes import ExportedState, ModelInfo, SessionInfo, StepOutput
 from seqinfer.client.errors import (
@@ -46,7 +47,7 @@ from seqinfer.client.options import (
 from seqinfer.client.retry import RetryPolicy, call_with_retry
 from seqinfer.client.session import Session, needs_kind
 from seqinfer.client.stream import DEFAULT_MAX_IN_FLIGHT, StepStream
-from seqinfer.client.tensors import DTypeLike, InputKind
+from seqinfer.client.tensors import DTypeLike, InputKind, timesteps
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
@@ -314,9 +315,10 @@ class Client:
     def step_many(
         self, items: Sequence[StepItem], *, timeout: float | None = None
     ) -> list[StepManyResult]:
-        """Steps of many sessions in one message; at most one per session.
+        """Steps of many sessions in one message.
 
-        Each item is ``(session_handle, inputs)`` or a :class:`StepCall`.
+        Each item is ``(session_handle, inputs)`` or a :class:`StepCall`. A
+        session may appear more than once; its items apply in item order.
         Returns, in item order, a :class:`StepOutput` or the
         :class:`SeqinferError` of that item (not raised, so one bad item does
         not hide the others). Raises only if the whole call failed. Handles'
@@ -324,6 +326,7 @@ class Client:
         """
         requests: list[pb.StepRequest] = []
         handles: list[Session | None] = []
+        predicted: dict[int, int] = {}
         for item in items:
             if isinstance(item, StepCall):
                 kind = None
@@ -336,8 +339,12 @@ class Client:
                 kind = (
                     self._input_kind(sess.model, sess.model_version) if needs_kind(inputs) else None
                 )
-                call = StepCall(sess.session_id, inputs, expected_step=sess.step_count)
-                requests.append(call.to_proto(kind))
+                # A handle may appear more than once (its steps apply in
+                # order): each item expects the counter after the previous one.
+                expected = predicted.get(id(sess), sess.step_count)
+                req = StepCall(sess.session_id, inputs, expected_step=expected).to_proto(kind)
+                predicted[id(sess)] = expected + timesteps(req.inputs)
+                requests.append(req)
                 handles.append(sess)
         safe = all(r.HasField("expected_step") and r.request_id for r in requests)
         resp = self._unary(

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from google.protobuf import timestamp_pb2
+
 from seqinfer.client import tensors
 from seqinfer.v1 import seqinfer_pb2 as pb
 

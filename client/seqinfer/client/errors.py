@@ -109,6 +109,26 @@ class StepGap(SeqinferError):
             return None
 
 
+class ReplyLost(SeqinferError):
+    """A step was applied (exactly once) but its reply was lost; no outputs.
+
+    Raised only by streams: after a broken stream the client resends the
+    unanswered steps, and the server replays a cached reply only for the
+    *last* step of each session. An earlier resent step that the server had
+    already applied comes back as STEP_GAP with a counter past it; the
+    client reports that as ``ReplyLost`` rather than as a gap, because the
+    step did take effect. ``current_step`` is the server's counter.
+    """
+
+    default_code = grpc.StatusCode.UNAVAILABLE
+
+    @property
+    def current_step(self) -> int | None:
+        """The session's step counter on the server when the resend was refused."""
+        raw = self.metadata.get("current_step")
+        return int(raw) if raw is not None and raw.isdigit() else None
+
+
 class ModelNotFound(SeqinferError):
     """No such model or version."""
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy.typing as npt
+
 from seqinfer.client import tensors
 from seqinfer.client.tensors import DTypeLike, InputKind
 from seqinfer.v1 import seqinfer_pb2 as pb

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
+
 from seqinfer.client.errors import DeadlineExceeded, SeqinferError
 
 T = TypeVar("T")

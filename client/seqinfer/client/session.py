@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
 from seqinfer.client import messages
 from seqinfer.client.datatypes import SessionInfo, StepOutput
 from seqinfer.client.errors import SessionNotFound, StepGap

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+
 from seqinfer.client import messages
 from seqinfer.client.datatypes import StepOutput
 from seqinfer.client.errors import (
     Cancelled,
     DeadlineExceeded,
+    ReplyLost,
     SeqinferError,
     StepGap,
     Unavailable,
@@ -63,6 +65,7 @@ class _Pending:
     request: pb.StepRequest
     session: _SessionBase | None
     future: Any  # concurrent.futures.Future or asyncio.Future
+    resent: bool = False
 
 
 Settlement = tuple[Any, StepOutput | SeqinferError]
@@ -145,7 +148,7 @@ class _Book:
         if result.WhichOneof("outcome") == "response":
             value = StepOutput.from_proto(result.response)
         elif result.WhichOneof("outcome") == "error":
-            value = from_status(result.error)
+            value = _lost_or_error(p, from_status(result.error))
         else:
             value = SeqinferError("server sent a StepResult with neither response nor error")
         self._done(p, value)
@@ -169,6 +172,7 @@ class _Book:
         failed: list[Settlement] = []
         for p in list(self.pending.values()):
             if p.request.HasField("expected_step") and p.request.request_id:
+                p.resent = True
                 resend.append(p.request)
             else:
                 failed.append(self.fail(p, error))
@@ -188,11 +192,26 @@ class _Book:
             return
         if isinstance(value, StepOutput):
             session._applied(value)
-        elif isinstance(value, StepGap) and value.current_step is not None:
+        elif isinstance(value, StepGap | ReplyLost) and value.current_step is not None:
             session.step_count = value.current_step
         else:
             # A failed step applied nothing: back to the counter it expected.
             session.step_count = p.request.expected_step
+
+
+def _lost_or_error(p: _Pending, error: SeqinferError) -> SeqinferError:
+    """A resent step refused with a gap *past* it was applied before the break."""
+    if not (p.resent and isinstance(error, StepGap)) or error.current_step is None:
+        return error
+    req = p.request
+    if req.reset or error.current_step < req.expected_step + timesteps(req.inputs):
+        return error
+    return ReplyLost(
+        f"step {req.request_id} was applied before the stream broke, but its reply was "
+        f"lost (only a session's last reply is kept for replay); session {req.session_id} "
+        f"is at step {error.current_step}",
+        metadata=error.metadata,
+    )
 
 
 def _apply(settlements: list[Settlement]) -> None:

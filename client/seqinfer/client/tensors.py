@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
 from seqinfer.v1 import seqinfer_pb2 as pb
 
 BFLOAT16 = "bfloat16"
