@@ -1,13 +1,23 @@
-"""Models that ship inside the package and need no model repository."""
+"""Models that ship inside the package and need no model repository.
+
+``pydoc-chars`` is a trained character-level language model stored under
+``builtin_data/`` in the model directory format (retrain it with
+`seqinfer model train-demo`); the ``bench-gru*`` models are drawn from fixed
+seeds at start-up, so they need no file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from importlib.resources import files
+from pathlib import Path
 
 import torch
+
 from seqinfer.service.models.spec import InputKind, LoadedModel, ModelSpec, OutputKind
 
-# Served when a request names no model and by `seqinfer serve` with no repository.
+# Served when a request names no model; the one the demo talks to.
 DEFAULT_MODEL_NAME = "bench-gru"
 
 
@@ -46,6 +56,21 @@ def bench_gru() -> LoadedModel:
 
 def bench_gru_large() -> LoadedModel:
     return seeded_dense_model("bench-gru-large", 256, 1024, 2, 256, seed=20261130)
+
+
+def builtin_model_dir(name: str) -> Path:
+    """Where the package keeps built-in model directory ``name``."""
+    return Path(str(files("seqinfer.service.models") / "builtin_data" / name))
+
+
+def pydoc_chars() -> LoadedModel:
+    """The trained char model; see docs/models.md for how it was trained."""
+    from seqinfer.service.models.format import read_model_dir
+
+    model = read_model_dir(builtin_model_dir("pydoc-chars"))
+    # "builtin" rather than a site-packages path, for messages and duplicates.
+    model.spec = dataclasses.replace(model.spec, source="builtin")
+    return model
 
 
 def builtin_models() -> list[LoadedModel]:

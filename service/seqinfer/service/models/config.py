@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from seqinfer.service.errors import ModelLoadError
 
 # Looked up in this order; more than one in a directory is an error.

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
 from seqinfer.service.errors import ModelLoadError
 from seqinfer.service.models.config import (
     CharTokenizer,

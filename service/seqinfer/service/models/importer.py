@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from seqinfer.service.errors import ModelLoadError
 from seqinfer.service.models.format import read_weights
 from seqinfer.service.models.spec import (
@@ -132,6 +133,14 @@ def _find_gru(state: Mapping[str, torch.Tensor], given: str | None) -> tuple[str
         raise ModelLoadError(prefix + "weight_ih_l0_reverse", "bidirectional GRUs cannot stream")
     if f"{prefix}weight_hh_l0" not in state:
         raise ModelLoadError(prefix + "weight_hh_l0", "missing: is this an nn.GRU?")
+    rows, hidden = state[f"{prefix}weight_hh_l0"].shape
+    if rows != 3 * hidden:
+        gates = f"{rows / hidden:g}" if hidden else "?"
+        raise ModelLoadError(
+            prefix + "weight_hh_l0",
+            f"has {gates}x hidden rows, a GRU has 3x"
+            + (" (this looks like an nn.LSTM)" if rows == 4 * hidden else ""),
+        )
     num_layers = 0
     while f"{prefix}weight_ih_l{num_layers}" in state:
         num_layers += 1

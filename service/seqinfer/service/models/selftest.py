@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from seqinfer.service.models.spec import InputKind, LoadedModel, OutputKind
 from torch import nn
+
+from seqinfer.service.models.spec import InputKind, LoadedModel, OutputKind
 
 # Largest allowed |served - reference| / max(1, |reference|), by compute dtype.
 TOLERANCES = {"float64": 1e-9, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
+
 from seqinfer.service.errors import ModelLoadError
 from seqinfer.service.models.config import CharTokenizer
 

@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from seqinfer.service.models.chars import pydoc_corpus, pydoc_tokenizer
 from seqinfer.service.models.format import write_model_dir
 from seqinfer.service.models.spec import InputKind, LoadedModel, ModelSpec, OutputKind
-from torch import nn
 
 MODEL_NAME = "pydoc-chars"
 MODEL_VERSION = "1"
@@ -43,7 +44,7 @@ class TrainConfig:
     num_layers: int = 2
     batch_size: int = 128
     seq_len: int = 50
-    epochs: int = 5
+    epochs: int = 3
     learning_rate: float = 3e-3
     final_learning_rate: float = 3e-4
     grad_clip: float = 1.0
