@@ -27,8 +27,12 @@ class ChannelOptions:
     Attributes:
         max_message_bytes: send and receive limit; large T or big StepMany
             messages need more than gRPC's 4 MiB default.
-        keepalive_seconds: HTTP/2 keepalive ping interval, so that a dead
-            connection is noticed (and retried) instead of hanging; None: off.
+        keepalive_seconds: HTTP/2 keepalive ping interval while calls are
+            open, so that a dead connection under a long stream is noticed
+            (and retried) instead of hanging. None (the default): off, because
+            a gRPC server answers pings more frequent than it permits (5 min
+            by default) with GOAWAY "too_many_pings"; enable it only together
+            with the server's ``grpc.http2.min_ping_interval_without_data_ms``.
         session_id_header: metadata key that carries the session id on
             session-scoped unary calls, so a load balancer can route every
             call of a session to the replica holding its state; None: off.
@@ -36,7 +40,7 @@ class ChannelOptions:
     """
 
     max_message_bytes: int = 64 * 1024 * 1024
-    keepalive_seconds: float | None = 30.0
+    keepalive_seconds: float | None = None
     session_id_header: str | None = "x-session-id"
     extra: Sequence[tuple[str, int | str]] = field(default_factory=tuple)
 
