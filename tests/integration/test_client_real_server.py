@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +343,25 @@ def test_cli_errors(cli: Any) -> None:
     none = cli("step", "cli-err")
     assert none.exit_code == 2 and "exactly one of" in none.stderr
     assert cli("session", "close", "cli-err").exit_code == 0
+
+
+def test_console_script_end_to_end(server: Any) -> None:
+    """The installed `seqinfer` entry point, address from the environment."""
+    exe = shutil.which("seqinfer", path=os.path.dirname(sys.executable))
+    assert exe is not None
+    env = {**os.environ, "SEQINFER_ADDRESS": server.address}
+    done = subprocess.run(
+        [exe, "step", "cli-e2e", "--start", "--model", "bench-gru", "--random", "2", "--end"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["created"] and body["closed"] and body["step"] == 2
+    gone = subprocess.run(
+        [exe, "session", "get", "cli-e2e"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("error: SESSION_NOT_FOUND: ")
