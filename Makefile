@@ -32,3 +32,10 @@ proto: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Builds the image on a locally built Debian base with an offline wheelhouse, starts
+# the seqinfer container (host network, loopback ports), waits for its gRPC
+# healthcheck and sends one real step from the Python client. Needs a running
+# Docker engine; see docs/deploy.md. Not part of `make test`.
+docker-e2e: $(BIN)/.installed
+	PYTHON=$(abspath $(BIN))/python bash scripts/docker-e2e.sh

@@ -1,0 +1,182 @@
+"""The container's exact command and config file, run outside Docker.
+
+The command is read from deploy/Dockerfile (ENTRYPOINT + CMD, the same as the
+compose file's `command`), the config file is the one the Dockerfile copies
+to /etc/seqinfer/seqinfer.yaml, and the healthcheck is the Dockerfile's
+HEALTHCHECK (the same as compose's). Only what the container's network gives
+differs: the bind addresses and ports come from SEQINFER_* env (which the
+settings loader ranks above the YAML file) so that the test binds loopback on
+free ports. Then: the healthcheck passes, /metrics answers, and SIGTERM drains
+and exits 0, as `docker stop` would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_deploy import (
+    CONTAINER_CONFIG_PATH,
+    DEPLOY,
+    dockerfile_exec_form,
+    dockerfile_healthcheck,
+    dockerfile_instructions,
+)
+
+DOCKERFILE = DEPLOY / "Dockerfile"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def host_path_of(container_path: str) -> Path:
+    """The repository file the Dockerfile COPYs to ``container_path``."""
+    for op, rest in dockerfile_instructions(DOCKERFILE):
+        if op == "COPY":
+            source, _, target = rest.rpartition(" ")
+            if target == container_path:
+                return DEPLOY.parent / source
+    raise AssertionError(f"the Dockerfile copies nothing to {container_path}")
+
+
+def executable(name: str) -> str:
+    """The venv's console script (the image installs the same entry point on PATH)."""
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"{name} not found beside {sys.executable} or on PATH"
+    return found
+
+
+def container_command() -> list[str]:
+    argv = dockerfile_exec_form(DOCKERFILE, "ENTRYPOINT") + dockerfile_exec_form(DOCKERFILE, "CMD")
+    config = host_path_of(CONTAINER_CONFIG_PATH)
+    return [
+        executable(argv[0]),
+        *(str(config) if a == CONTAINER_CONFIG_PATH else a for a in argv[1:]),
+    ]
+
+
+def health_command(address: str) -> list[str]:
+    argv = dockerfile_healthcheck(DOCKERFILE)
+    assert "127.0.0.1:50051" in argv  # the container's own gRPC port
+    return [executable(argv[0]), *(address if a == "127.0.0.1:50051" else a for a in argv[1:])]
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], address: str, metrics: str) -> None:
+        self.process, self.address, self.metrics = process, address, metrics
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SEQINFER_HOST": "127.0.0.1",
+        "SEQINFER_PORT": str(port),
+        "SEQINFER_METRICS_HOST": "127.0.0.1",
+        "SEQINFER_METRICS_PORT": str(metrics_port),
+        # The image has one torch thread pool to itself; here, other tests run too.
+        "SEQINFER_TORCH_THREADS": "1",
+    }
+    log = tmp_path_factory.mktemp("container") / "server.log"
+    process = subprocess.Popen(
+        container_command(),
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path_factory.mktemp("cwd"),  # like the image's WORKDIR: not the repo
+    )
+    address = f"127.0.0.1:{port}"
+    served = Served(process, address, f"http://127.0.0.1:{metrics_port}/metrics")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
+            ok = subprocess.run(health_command(address), capture_output=True, timeout=30)
+            if ok.returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"never healthy:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield served
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_command_is_the_compose_command() -> None:
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert compose["services"]["seqinfer"]["command"] == dockerfile_exec_form(DOCKERFILE, "CMD")
+    assert container_command()[1:4] == ["serve", "--config", str(DEPLOY / "seqinfer.yaml")]
+
+
+def test_healthcheck_passes(served: Served) -> None:
+    result = subprocess.run(health_command(served.address), capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    # The service-specific name is reported too (what a gRPC-aware balancer asks).
+    by_name = subprocess.run(
+        [*health_command(served.address), "--service", "seqinfer.v1.Seqinfer"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert by_name.returncode == 0, by_name.stderr
+
+
+def test_metrics_endpoint_answers(served: Served) -> None:
+    with urllib.request.urlopen(served.metrics, timeout=5) as reply:
+        text = reply.read().decode()
+    assert "seqinfer_build_info{" in text
+    assert 'seqinfer_state_slab_capacity_slots{model="bench-gru:1"}' in text
+
+
+def test_sigterm_drains_and_exits_zero(served: Served) -> None:
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(40) == 0
+    # Stopped: the healthcheck now fails, as Docker would see.
+    result = subprocess.run(
+        [*health_command(served.address), "--timeout", "1"], capture_output=True, timeout=30
+    )
+    assert result.returncode == 1
+
+
+def test_cuda_image_command_parses_and_fails_clearly_without_a_gpu() -> None:
+    """Dockerfile.cuda's CMD (`--device cuda`) on a machine without CUDA: a clear error,
+    exit 1, not a silent CPU fallback. Skipped where CUDA is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: this checks the no-GPU failure")
+    cuda_file = DEPLOY / "Dockerfile.cuda"
+    argv = dockerfile_exec_form(cuda_file, "ENTRYPOINT") + dockerfile_exec_form(cuda_file, "CMD")
+    config = host_path_of(CONTAINER_CONFIG_PATH)
+    command = [
+        executable(argv[0]),
+        *(str(config) if a == CONTAINER_CONFIG_PATH else a for a in argv[1:]),
+    ]
+    env = {
+        **os.environ,
+        "SEQINFER_HOST": "127.0.0.1",
+        "SEQINFER_PORT": "0",
+        "SEQINFER_METRICS_PORT": "0",
+    }
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "CUDA is not available" in result.stderr
