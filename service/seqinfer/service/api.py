@@ -30,7 +30,7 @@ from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.scheduler import StepItem, StepOutcome
 from seqinfer.service.state import Session
 from seqinfer.service.status import internal, to_grpc_status, to_status_proto
-from seqinfer.service.tensors import PROTO_DTYPES, encode
+from seqinfer.service.tensors import PROTO_DTYPES, encode, encode_array
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
@@ -118,9 +118,9 @@ def outcome_to_pb(outcome: StepOutcome) -> pb.StepResponse:
         replayed=outcome.replayed,
     )
     if outcome.outputs is not None:
-        response.outputs.CopyFrom(encode(outcome.outputs))
+        response.outputs.CopyFrom(encode_array(outcome.outputs))
     if outcome.state is not None:
-        response.state.CopyFrom(encode(outcome.state))
+        response.state.CopyFrom(encode_array(outcome.state))
     return response
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,8 +30,9 @@ class EngineItem:
     """One session's work in a batch."""
 
     slot: int
-    # [T, input_size] in the model dtype (dense) or [T] int64 (tokens).
-    inputs: torch.Tensor
+    # [T, input_size] floats (dense) or [T] integer ids (tokens); numpy from the
+    # api (converted per batch, not per item), or torch.
+    inputs: np.ndarray | torch.Tensor
     reset: bool = False
     output_mode: OutputMode = OutputMode.LAST
     return_state: bool = False
@@ -38,10 +40,11 @@ class EngineItem:
 
 @dataclass(slots=True)
 class EngineResult:
-    # [out] for LAST, [T, out] for ALL, None for NONE.
-    outputs: torch.Tensor | None
+    # [out] for LAST, [T, out] for ALL, None for NONE; a view into the batch's
+    # output array (bfloat16 models give float32, numpy has no bfloat16).
+    outputs: np.ndarray | None
     # [layers, hidden] after the step, when asked for.
-    state: torch.Tensor | None
+    state: np.ndarray | None
 
 
 class GRUEngine:
@@ -89,10 +92,17 @@ class GRUEngine:
             device=self.device,
         )
 
-    def _embed(self, inputs: torch.Tensor) -> torch.Tensor:
+    def _embed(self, parts: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """Concatenate items' inputs along T and bring them to the model's input space."""
+        if isinstance(parts[0], np.ndarray):
+            # np.concatenate copies, so the read-only request buffers are never aliased.
+            x = torch.from_numpy(np.concatenate(parts))  # type: ignore[arg-type]
+        else:
+            x = torch.cat(parts)  # type: ignore[arg-type]
+        x = x.to(self.device, non_blocking=True)
         if self.embedding is None:
-            return inputs.to(self.device, non_blocking=True)
-        return self.embedding[inputs.to(self.device, non_blocking=True)]
+            return x.to(self.spec.torch_dtype)
+        return self.embedding[x.long()]
 
     def _head(self, top: torch.Tensor) -> torch.Tensor:
         if self.head_weight is None:
@@ -135,7 +145,7 @@ class GRUEngine:
         slots = torch.tensor([it.slot for it in items], device=self.device)
         h = slab.index_select(1, slots)  # [L, B, H], a copy
         if max(lengths) == 1:
-            x = self._embed(torch.cat([it.inputs for it in items]))
+            x = self._embed([it.inputs for it in items])
             for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
                 x = torch.gru_cell(x, h[k], w_ih, w_hh, b_ih, b_hh)
                 h[k] = x
@@ -145,7 +155,7 @@ class GRUEngine:
         order = sorted(range(len(items)), key=lambda i: -lengths[i])
         perm = torch.tensor(order, device=self.device)
         h = h.index_select(1, perm)
-        embedded = [self._embed(items[i].inputs) for i in order]
+        embedded = [self._embed([items[i].inputs]) for i in order]
         top_steps: list[torch.Tensor] = []
         active = len(order)
         for t in range(lengths[order[0]]):
@@ -165,7 +175,7 @@ class GRUEngine:
     def _run_long(self, slab: torch.Tensor, item: EngineItem) -> torch.Tensor:
         """One session's long chunk through nn.GRU (cuDNN on GPU)."""
         h0 = slab[:, item.slot : item.slot + 1].clone()
-        out, hn = self.gru(self._embed(item.inputs).unsqueeze(1), h0)
+        out, hn = self.gru(self._embed([item.inputs]).unsqueeze(1), h0)
         slab[:, item.slot : item.slot + 1] = hn
         return out.squeeze(1)
 
@@ -180,18 +190,24 @@ class GRUEngine:
                 rows.append(top)
             elif it.output_mode is OutputMode.LAST:
                 rows.append(top[-1:])
-        outs = (
-            iter(self._head(torch.cat(rows)).to("cpu").split([r.shape[0] for r in rows]))
-            if rows
-            else iter(())
-        )
+        outputs = self._to_numpy(self._head(torch.cat(rows))) if rows else None
         results = []
+        offset = 0
         for it in items:
-            outputs = None
+            item_outputs = None
             if it.output_mode is OutputMode.ALL:
-                outputs = next(outs)
+                assert outputs is not None
+                item_outputs = outputs[offset : offset + it.inputs.shape[0]]
+                offset += it.inputs.shape[0]
             elif it.output_mode is OutputMode.LAST:
-                outputs = next(outs)[0]
-            state = slab[:, it.slot].to("cpu", copy=True) if it.return_state else None
-            results.append(EngineResult(outputs, state))
+                assert outputs is not None
+                item_outputs = outputs[offset]
+                offset += 1
+            state = self._to_numpy(slab[:, it.slot].clone()) if it.return_state else None
+            results.append(EngineResult(item_outputs, state))
         return results
+
+    @staticmethod
+    def _to_numpy(value: torch.Tensor) -> np.ndarray:
+        value = value.to("cpu")
+        return (value.float() if value.dtype is torch.bfloat16 else value).numpy()

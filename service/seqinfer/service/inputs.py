@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from seqinfer.service.errors import InvalidInput, TooLarge
 from seqinfer.service.models.spec import InputKind, ModelSpec
-from seqinfer.service.tensors import FLOAT_DTYPES, INT_DTYPES, decode, dtype_name
+from seqinfer.service.tensors import FLOAT_DTYPES, INT_DTYPES, decode, decode_array, dtype_name
 from seqinfer.v1 import seqinfer_pb2 as pb
 
 
 def step_inputs(
     spec: ModelSpec, tensor: pb.Tensor, *, max_timesteps: int, allow_non_finite: bool
-) -> torch.Tensor:
-    """[T, input_size] in the model dtype (dense) or [T] int64 token ids."""
+) -> np.ndarray:
+    """[T, input_size] floats (dense) or [T] token ids, checked; a read-only view.
+
+    The engine converts a whole batch to the model dtype at once.
+    """
     field = "inputs"
     shape = list(tensor.shape)
     if spec.input_kind is InputKind.DENSE:
@@ -46,22 +50,18 @@ def step_inputs(
             f"T = {timesteps} exceeds the limit of {max_timesteps} timesteps per request",
             max_timesteps=max_timesteps,
         )
-    values = decode(tensor, field)
+    values = decode_array(tensor, field)
     if spec.input_kind is InputKind.DENSE:
-        # .to() copies when the dtype differs; clone otherwise, so the engine
-        # never holds a view of a protobuf buffer.
-        converted = values.to(spec.torch_dtype, copy=True)
-        if not allow_non_finite and not bool(torch.isfinite(converted).all()):
+        if not allow_non_finite and not np.isfinite(values).all():
             raise InvalidInput(f"{field}.data", "contains NaN or Inf")
-        return converted
-    ids = values.to(torch.int64, copy=True)
-    low, high = int(ids.min()), int(ids.max())
+        return values
+    low, high = int(values.min()), int(values.max())
     if low < 0 or high >= spec.input_size:
         bad = low if low < 0 else high
         raise InvalidInput(
             f"{field}.data", f"token id {bad} is outside the vocabulary [0, {spec.input_size})"
         )
-    return ids
+    return values
 
 
 def state_tensor(spec: ModelSpec, tensor: pb.Tensor, field: str) -> torch.Tensor:

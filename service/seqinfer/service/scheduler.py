@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine, OutputMode
 from seqinfer.service.errors import (
@@ -45,8 +45,8 @@ class StepOutcome:
     session_id: str
     request_id: str
     step: int
-    outputs: torch.Tensor | None = None
-    state: torch.Tensor | None = None
+    outputs: np.ndarray | None = None
+    state: np.ndarray | None = None
     created: bool = False
     closed: bool = False
     replayed: bool = False
@@ -57,7 +57,7 @@ class StepItem:
     """One accepted step request, waiting in its session's queue."""
 
     session: Session
-    inputs: torch.Tensor
+    inputs: np.ndarray
     future: asyncio.Future[StepOutcome]
     request_id: str = ""
     expected_step: int | None = None
@@ -287,7 +287,9 @@ class Scheduler:
             if item.request_id:
                 session.last_request_id = item.request_id
                 session.last_step_before = counter_before
-                session.last_reply = outcome
+                # Own copy: the outputs are a view that would keep the whole
+                # batch's output array alive for as long as the cache holds it.
+                session.last_reply = _replay(outcome, replayed=False)
             # A session closed or evicted while computing has had its step
             # applied and its slot freed: there is nothing left to update.
             if item.end and not session.closed:
@@ -317,14 +319,14 @@ class Scheduler:
             self._wakeup.set()
 
 
-def _replay(cached: StepOutcome) -> StepOutcome:
+def _replay(cached: StepOutcome, replayed: bool = True) -> StepOutcome:
     return StepOutcome(
         cached.session_id,
         cached.request_id,
         cached.step,
-        cached.outputs,
+        None if cached.outputs is None else cached.outputs.copy(),
         cached.state,
         created=cached.created,
         closed=cached.closed,
-        replayed=True,
+        replayed=replayed,
     )

@@ -136,9 +136,9 @@ def self_test(
             owners.append(s)
         for s, result in zip(owners, engine.run(slab, items), strict=True):
             assert result.outputs is not None
-            served_outputs[s].append(result.outputs)
+            served_outputs[s].append(torch.as_tensor(result.outputs))
             if result.state is not None:
-                served_states[s] = result.state
+                served_states[s] = torch.as_tensor(result.state)
 
     output_error = state_error = 0.0
     for s in range(sessions):
