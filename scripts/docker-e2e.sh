@@ -77,6 +77,11 @@ say "wheelhouse (host pip, no index needed inside the build)"
 torch_pin=$(sed -n 's/^TORCH_PIN ?= *//p' Makefile)
 nice "$python" -m pip wheel -q --wheel-dir "$ctx/deploy/wheelhouse" \
   "$ctx" "${torch_pin:-torch==2.13.0}" "setuptools>=77"
+# The project itself is installed from source in the image; only dependencies here.
+# Fixed mtimes: the builder's cache key of `COPY deploy/wheelhouse/` includes them,
+# and an unchanged wheelhouse should not reinstall torch on every run.
+rm -f "$ctx"/deploy/wheelhouse/seqinfer-*.whl
+find "$ctx/deploy/wheelhouse" -exec touch -h -d '2000-01-01 00:00:00' {} +
 ls "$ctx/deploy/wheelhouse" | sed 's/^/  /'
 
 port=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -87,6 +92,23 @@ say "build"
 nice "${compose[@]}" -p "$project" "${files[@]}" build seqinfer
 
 say "up (gRPC 127.0.0.1:$port, metrics 127.0.0.1:$metrics_port)"
+# Docker refuses published ports on the host network, and an override cannot drop
+# the base file's `ports` (compose v1 merges lists; `!reset` is compose v2 only):
+# run the merged service definition with `ports` removed, everything else as is.
+"${compose[@]}" -p "$project" "${files[@]}" config >"$ctx/compose.merged.yml"
+"$python" - "$ctx/compose.merged.yml" <<'EOF'
+import sys
+
+import yaml
+
+path = sys.argv[1]
+with open(path) as f:
+    config = yaml.safe_load(f)
+config["services"]["seqinfer"].pop("ports", None)
+with open(path, "w") as f:
+    yaml.safe_dump(config, f, sort_keys=False)
+EOF
+files=(-f "$ctx/compose.merged.yml")
 "${compose[@]}" -p "$project" "${files[@]}" up -d --no-deps seqinfer
 container=$("${compose[@]}" -p "$project" "${files[@]}" ps -q seqinfer)
 
