@@ -18,7 +18,7 @@ import torch
 from seqinfer.service.models.spec import InputKind, LoadedModel, ModelSpec, OutputKind
 
 # Served when a request names no model; the one the demo talks to.
-DEFAULT_MODEL_NAME = "bench-gru"
+DEFAULT_MODEL_NAME = "pydoc-chars"
 
 
 def seeded_dense_model(
@@ -74,4 +74,4 @@ def pydoc_chars() -> LoadedModel:
 
 
 def builtin_models() -> list[LoadedModel]:
-    return [bench_gru(), bench_gru_large()]
+    return [pydoc_chars(), bench_gru(), bench_gru_large()]

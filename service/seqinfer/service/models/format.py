@@ -220,7 +220,11 @@ def write_model_dir(
         name: model.tensors[name].detach().to(model.spec.torch_dtype).contiguous().cpu()
         for name in model.spec.expected_shapes()
     }
-    save_file(tensors, str(directory / config.weights), metadata={"format": "pt"})
+    weights_path = directory / config.weights
+    save_file(tensors, str(weights_path), metadata={"format": "pt"})
+    # safetensors creates the file owner-only; a model directory is meant to
+    # be read by a server running as another user, like the config beside it.
+    weights_path.chmod(0o644)
     data = config_to_data(config)
     config_path = directory / config_filename
     if config_filename == "model.json":

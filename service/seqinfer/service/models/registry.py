@@ -18,7 +18,6 @@ rest still load, unless ``strict``.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,8 +26,6 @@ from seqinfer.service.errors import ModelLoadError
 from seqinfer.service.models.config import find_config_file
 from seqinfer.service.models.format import read_model_dir
 from seqinfer.service.models.spec import LoadedModel
-
-log = logging.getLogger(__name__)
 
 
 def _visible_dirs(directory: Path) -> list[Path]:
@@ -120,8 +117,7 @@ def load_models(
     errors.extend(duplicates)
     if strict and errors:
         raise errors[0]
-    for error in errors:
-        log.error("model not loaded: %s", error)
+    # Not logged here: the caller (the server) logs each error once.
     return models, errors
 
 
