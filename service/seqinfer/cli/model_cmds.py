@@ -7,9 +7,12 @@ client commands start without it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from seqinfer.service.models.spec import LoadedModel
 
 model_app = typer.Typer(
     name="model",
@@ -123,11 +126,9 @@ def import_cmd(
         _run_self_test(written)
 
 
-def _run_self_test(model: object) -> None:
+def _run_self_test(model: LoadedModel) -> None:
     from seqinfer.service.models.selftest import self_test
-    from seqinfer.service.models.spec import LoadedModel
 
-    assert isinstance(model, LoadedModel)
     result = self_test(model)
     verdict = "ok" if result.passed else "FAILED"
     typer.echo(
