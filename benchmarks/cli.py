@@ -39,9 +39,9 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog=prog,
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -58,9 +58,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--growth-steps", type=int, help="steps of the RSS growth check (0 skips)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--publish", action="store_true",
-                   help=f"also write {DOC_IMAGE.relative_to(REPO)} and the tables in "
-                        f"{DOC.relative_to(REPO)}")  # fmt: skip
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"also write {DOC_IMAGE.relative_to(REPO)} and the tables in {DOC.relative_to(REPO)}",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -102,7 +104,7 @@ def publish(markdown_text: str, image: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     plan, skip = build_plan(args)
     console = Console(stderr=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -342,8 +342,10 @@ class Harness:
         target = servers.start_torchserve()
         self.targets["torchserve"] = target
         try:
-            self.say(f"torchserve up at {target.address} (PID {target.pid}), "
-                     f"start-up {target.extra['startup_s']} s")  # fmt: skip
+            self.say(
+                f"torchserve up at {target.address} (PID {target.pid}), "
+                f"start-up {target.extra['startup_s']} s"
+            )
             self.results["torchserve"] = {
                 "startup_s": float(target.extra["startup_s"]),
                 "rss_idle": target.rss(),

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from seqinfer.service.models import builtin
 from seqinfer.service.models.spec import LoadedModel
-from torch import nn
 
 MODELS = {"bench-gru": builtin.bench_gru, "bench-gru-large": builtin.bench_gru_large}
 

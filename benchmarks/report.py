@@ -45,15 +45,19 @@ def _compute(results: dict[str, Any], model: str, batch: int) -> float | None:
     return None
 
 
-def _ratio_check(name: str, top: float | None, bottom: float | None, at_least: float,
-                 detail: str) -> TargetCheck:  # fmt: skip
+def _ratio_check(
+    name: str, top: float | None, bottom: float | None, at_least: float, detail: str
+) -> TargetCheck:
     if not top or not bottom:
         return TargetCheck(name, "not measured", f"≥ {at_least:g}x", None)
     ratio = top / bottom
     return TargetCheck(
-        name, f"{ratio:.2f}x ({detail.format(top=top, bottom=bottom)})", f"≥ {at_least:g}x",
-        ratio >= at_least, ratio,
-    )  # fmt: skip
+        name,
+        f"{ratio:.2f}x ({detail.format(top=top, bottom=bottom)})",
+        f"≥ {at_least:g}x",
+        ratio >= at_least,
+        ratio,
+    )
 
 
 def targets(results: dict[str, Any]) -> list[TargetCheck]:
@@ -198,7 +202,7 @@ def targets(results: dict[str, Any]) -> list[TargetCheck]:
         checks.append(
             TargetCheck(f"p99 vs TorchServe p99 (N={n}, K={k})", "not measured", "≤ 0.33", None)
         )
-    return checks  # fmt: skip
+    return checks
 
 
 # ---------------------------------------------------------------- markdown --
@@ -403,8 +407,12 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         return False
     cells = results.get("cells", [])
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    colors = {"echo": "tab:gray", "handwritten": "tab:orange", "seqinfer": "tab:blue",
-              "torchserve": "tab:red"}  # fmt: skip
+    colors = {
+        "echo": "tab:gray",
+        "handwritten": "tab:orange",
+        "seqinfer": "tab:blue",
+        "torchserve": "tab:red",
+    }
     styles = {"stream": "-", "unary": ":", "many": "--", "torchserve": "-"}
 
     def series(
@@ -413,9 +421,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         pts = sorted(
             (c["sessions"], c["result"]["steps_per_s"])
             for c in cells
-            if c["server"] == server and c["transport"] == transport and c["model"] == model
+            if c["server"] == server
+            and c["transport"] == transport
+            and c["model"] == model
             and not c["steps"]
-        )  # fmt: skip
+        )
         return [p[0] for p in pts], [p[1] for p in pts]
 
     ax = axes[0][0]
@@ -423,9 +433,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         xs, ys = series(server, "stream")
         if xs:
             ax.plot(xs, ys, styles["stream"], marker="o", color=colors[server], label=server)
-    ax.set(xscale="log", xlabel="concurrent sessions N", ylabel="steps/s",
-           title="StreamSteps, ping-pong (bench-gru)")  # fmt: skip
-    ax.legend()
+    ax.set(
+        xscale="log",
+        xlabel="concurrent sessions N",
+        ylabel="steps/s",
+        title="StreamSteps, ping-pong (bench-gru)",
+    )
+    _legend(ax)
     ax.grid(alpha=0.3)
 
     ax = axes[0][1]
@@ -435,14 +449,21 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             if xs:
                 label = f"{server} {'StepMany' if transport == 'many' else 'unary Step'}"
                 ax.plot(xs, ys, styles[transport], marker="o", color=colors[server], label=label)
-    ax.set(xscale="log", yscale="log", xlabel="concurrent sessions N", ylabel="steps/s",
-           title="unary Step (dotted) and StepMany ≤256/message (dashed)")  # fmt: skip
-    ax.legend(fontsize=8)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent sessions N",
+        ylabel="steps/s",
+        title="unary Step (dotted) and StepMany ≤256/message (dashed)",
+    )
+    _legend(ax)
     ax.grid(alpha=0.3)
 
     ax = axes[1][0]
-    wanted = ["echo/stream/bench-gru/N256", "handwritten/stream/bench-gru/N256",
-              "seqinfer/stream/bench-gru/N256"]  # fmt: skip
+    # Histograms at N = 256 (the targets' N), or the largest N this run has.
+    ns = sorted({c["sessions"] for c in cells if c["transport"] == "stream"})
+    n_hist = 256 if 256 in ns else (ns[-1] if ns else 0)
+    wanted = [f"{s}/stream/bench-gru/N{n_hist}" for s in ("echo", "handwritten", "seqinfer")]
     wanted += [c["key"] for c in cells if c["server"] == "torchserve"]
     for key in wanted:
         cell = next((c for c in cells if c["key"] == key), None)
@@ -452,38 +473,59 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         edges, counts = lat["hist_edges_ms"], lat["hist_counts"]
         total = max(sum(counts), 1)
         ax.stairs([c / total for c in counts], edges, color=colors[cell["server"]], label=key)
-    ax.set(xscale="log", xlabel="step latency (ms)", ylabel="share of steps",
-           title="Latency histograms")  # fmt: skip
-    ax.legend(fontsize=8)
+    ax.set(
+        xscale="log",
+        xlabel="step latency (ms)",
+        ylabel="share of steps",
+        title="Latency histograms",
+    )
+    _legend(ax)
     ax.grid(alpha=0.3)
 
     ax = axes[1][1]
     for model, color in (("bench-gru", "tab:green"), ("bench-gru-large", "tab:purple")):
-        pts = [(p["batch"], p["steps_per_s"]) for p in results.get("compute", [])
-               if p["model"] == model]  # fmt: skip
+        pts = [
+            (p["batch"], p["steps_per_s"])
+            for p in results.get("compute", [])
+            if p["model"] == model
+        ]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", color=color,
-                    label=f"compute limit {model}")  # fmt: skip
+            ax.plot(
+                *zip(*pts, strict=True), marker="o", color=color, label=f"compute limit {model}"
+            )
     xs, ys = series("seqinfer", "many")
     if xs:
         batch = [min(x, 256) for x in xs]
         ax.scatter(
             batch, ys, color="tab:blue", zorder=3, label="seqinfer StepMany (batch = N ≤ 256)"
         )
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="session-steps/s",
-           title="Compute limit vs served StepMany")  # fmt: skip
-    ax.legend(fontsize=8)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="session-steps/s",
+        title="Compute limit vs served StepMany",
+    )
+    _legend(ax)
     ax.grid(alpha=0.3)
 
     meta = results.get("meta", {})
     load = meta.get("load_before", [0.0])[0]
-    fig.suptitle(f"seqinfer benchmarks, {meta.get('started', '')}, {meta.get('cpus')} cores, "
-                 f"load {load:.1f} at start")  # fmt: skip
+    fig.suptitle(
+        f"seqinfer benchmarks, {meta.get('started', '')}, {meta.get('cpus')} cores, "
+        f"load {load:.1f} at start"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _legend(ax: Any) -> None:
+    # Only when something was drawn: an empty legend warns.
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def targets_dicts(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,10 +16,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-from seqinfer.v1 import seqinfer_pb2 as pb
-from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
 from benchmarks.baselines.serving import serve
+from seqinfer.v1 import seqinfer_pb2 as pb
+from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
 
 class EchoServicer(pb_grpc.SeqinferServicer):

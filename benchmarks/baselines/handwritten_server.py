@@ -27,11 +27,11 @@ import grpc
 import numpy as np
 import torch
 from google.rpc import status_pb2
-from seqinfer.v1 import seqinfer_pb2 as pb
-from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
 from benchmarks.baselines.serving import serve
 from benchmarks.reference import MODELS, GruWithHead, from_loaded
+from seqinfer.v1 import seqinfer_pb2 as pb
+from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
 
 class StepError(Exception):

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from seqinfer.v1 import seqinfer_pb2 as pb
 
 from benchmarks.loadgen.spec import LoadSpec
+from seqinfer.v1 import seqinfer_pb2 as pb
 
 STEP_PATH = "/seqinfer.v1.Seqinfer/Step"
 STREAM_PATH = "/seqinfer.v1.Seqinfer/StreamSteps"

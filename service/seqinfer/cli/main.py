@@ -32,6 +32,9 @@ def _register_commands() -> None:
     from seqinfer.cli import client_cmds
 
     client_cmds.register(app)
+    from seqinfer.cli import bench_cmd
+
+    bench_cmd.register(app)
 
 
 _register_commands()
