@@ -70,15 +70,21 @@ def container_command() -> list[str]:
     ]
 
 
-def health_command(address: str) -> list[str]:
+def health_command() -> list[str]:
+    """The Dockerfile's HEALTHCHECK command; it finds the server through SEQINFER_PORT."""
     argv = dockerfile_healthcheck(DOCKERFILE)
-    assert "127.0.0.1:50051" in argv  # the container's own gRPC port
-    return [executable(argv[0]), *(address if a == "127.0.0.1:50051" else a for a in argv[1:])]
+    return [executable(argv[0]), *argv[1:]]
+
+
+def health_env(port: int) -> dict[str, str]:
+    """The healthcheck's environment in the container: the server's own env."""
+    env = {k: v for k, v in os.environ.items() if k != "SEQINFER_HEALTH_ADDRESS"}
+    return {**env, "SEQINFER_PORT": str(port)}
 
 
 class Served:
-    def __init__(self, process: subprocess.Popen[str], address: str, metrics: str) -> None:
-        self.process, self.address, self.metrics = process, address, metrics
+    def __init__(self, process: subprocess.Popen[str], port: int, metrics: str) -> None:
+        self.process, self.port, self.metrics = process, port, metrics
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +108,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         text=True,
         cwd=tmp_path_factory.mktemp("cwd"),  # like the image's WORKDIR: not the repo
     )
-    address = f"127.0.0.1:{port}"
-    served = Served(process, address, f"http://127.0.0.1:{metrics_port}/metrics")
+    served = Served(process, port, f"http://127.0.0.1:{metrics_port}/metrics")
     try:
         deadline = time.monotonic() + 60
         while True:
             assert process.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
-            ok = subprocess.run(health_command(address), capture_output=True, timeout=30)
+            ok = subprocess.run(
+                health_command(), env=health_env(port), capture_output=True, timeout=30
+            )
             if ok.returncode == 0:
                 break
             assert time.monotonic() < deadline, f"never healthy:\n{log.read_text()[-3000:]}"
@@ -129,11 +136,13 @@ def test_command_is_the_compose_command() -> None:
 
 
 def test_healthcheck_passes(served: Served) -> None:
-    result = subprocess.run(health_command(served.address), capture_output=True, timeout=30)
+    env = health_env(served.port)
+    result = subprocess.run(health_command(), env=env, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
     # The service-specific name is reported too (what a gRPC-aware balancer asks).
     by_name = subprocess.run(
-        [*health_command(served.address), "--service", "seqinfer.v1.Seqinfer"],
+        [*health_command(), "--service", "seqinfer.v1.Seqinfer"],
+        env=env,
         capture_output=True,
         timeout=30,
     )
@@ -152,7 +161,10 @@ def test_sigterm_drains_and_exits_zero(served: Served) -> None:
     assert served.process.wait(40) == 0
     # Stopped: the healthcheck now fails, as Docker would see.
     result = subprocess.run(
-        [*health_command(served.address), "--timeout", "1"], capture_output=True, timeout=30
+        [*health_command(), "--timeout", "1"],
+        env=health_env(served.port),
+        capture_output=True,
+        timeout=30,
     )
     assert result.returncode == 1
 

@@ -240,3 +240,15 @@ def test_healthcheck_module_reports_unreachable_as_failure() -> None:
     )
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr
+
+
+def test_health_default_address_follows_the_servers_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seqinfer.service.healthcheck import default_address
+
+    monkeypatch.delenv("SEQINFER_HEALTH_ADDRESS", raising=False)
+    monkeypatch.delenv("SEQINFER_PORT", raising=False)
+    assert default_address() == "127.0.0.1:50051"
+    monkeypatch.setenv("SEQINFER_PORT", "6000")
+    assert default_address() == "127.0.0.1:6000"
+    monkeypatch.setenv("SEQINFER_HEALTH_ADDRESS", "10.1.2.3:7000")
+    assert default_address() == "10.1.2.3:7000"

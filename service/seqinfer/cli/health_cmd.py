@@ -14,12 +14,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("health")
     def health(
-        address: str = typer.Option(
-            "127.0.0.1:50051",
+        address: str | None = typer.Option(
+            None,
             "--address",
             "-a",
-            envvar="SEQINFER_HEALTH_ADDRESS",
-            help="host:port of the server's gRPC port.",
+            help="host:port of the server's gRPC port [default: $SEQINFER_HEALTH_ADDRESS, "
+            "else 127.0.0.1:$SEQINFER_PORT, else 127.0.0.1:50051].",
         ),
         service: str = typer.Option(
             "", "--service", help='Health service name; "" is the whole server.'
@@ -30,8 +30,9 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing."),
     ) -> None:
         """Exit 0 if the server reports SERVING on the gRPC health service, else 1."""
-        from seqinfer.service.healthcheck import check
+        from seqinfer.service.healthcheck import check, default_address
 
+        address = address or default_address()
         result = check(address, service, timeout, tls=tls, ca_file=ca_file)
         if not quiet:
             line = f"{address} {service or '(server)'}: {result.status}"

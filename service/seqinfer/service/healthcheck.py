@@ -12,6 +12,7 @@ unreachable, timeout), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 
@@ -20,6 +21,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # The overall server; the server also reports "seqinfer.v1.Seqinfer".
 DEFAULT_SERVICE = ""
+
+
+def default_address() -> str:
+    """Where the server in this container listens: SEQINFER_HEALTH_ADDRESS, else
+    127.0.0.1 on SEQINFER_PORT (the server's own env setting), else 127.0.0.1:50051.
+
+    So a healthcheck written without --address follows a port changed through env.
+    """
+    explicit = os.environ.get("SEQINFER_HEALTH_ADDRESS")
+    if explicit:
+        return explicit
+    return f"127.0.0.1:{os.environ.get('SEQINFER_PORT') or 50051}"
 
 
 @dataclass(frozen=True)
@@ -70,13 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m seqinfer.service.healthcheck",
         description="Exit 0 if the seqinfer server at ADDRESS reports SERVING.",
     )
-    parser.add_argument("address", nargs="?", default="127.0.0.1:50051", help="host:port")
+    parser.add_argument(
+        "address",
+        nargs="?",
+        default=None,
+        help="host:port [default: $SEQINFER_HEALTH_ADDRESS, else 127.0.0.1:$SEQINFER_PORT, "
+        "else 127.0.0.1:50051]",
+    )
     parser.add_argument("--service", default=DEFAULT_SERVICE, help='"" is the whole server')
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
     parser.add_argument("--ca-file", default=None, help="PEM roots for --tls")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     args = parser.parse_args(argv)
+    args.address = args.address or default_address()
     result = check(args.address, args.service, args.timeout, tls=args.tls, ca_file=args.ca_file)
     if not args.quiet:
         line = f"{args.address} {args.service or '(server)'}: {result.status}"
