@@ -41,9 +41,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
-
 from tests.support import make_model, running_server, to_tensor
 
 REPO = Path(__file__).resolve().parents[2]

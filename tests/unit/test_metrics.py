@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
 from seqinfer.service.metrics import (
     LATENCY_BUCKETS,
     MAX_METHODS,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from seqinfer.service.metrics import LATENCY_BUCKETS, TIMESTEP_BUCKETS, PrometheusObserver
 from seqinfer.service.observer import NULL_OBSERVER, Observer
 

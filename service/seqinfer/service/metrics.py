@@ -44,6 +44,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
 from seqinfer.service.observer import Observer, RuntimeStats
 
 log = logging.getLogger(__name__)
