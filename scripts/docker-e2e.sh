@@ -60,6 +60,8 @@ cleanup() {
       "${compose[*]} -p $project ${files[*]} down"
   fi
   rm -rf "$ctx"
+  # Earlier builds of the tag, left untagged by this one.
+  docker image prune -f --filter "label=org.opencontainers.image.title=seqinfer" >/dev/null 2>&1 || true
   exit $status
 }
 files=(-f "$ctx/deploy/docker-compose.yml" -f "$ctx/deploy/docker-compose.hostnet.yml")
@@ -104,7 +106,12 @@ import yaml
 path = sys.argv[1]
 with open(path) as f:
     config = yaml.safe_load(f)
-config["services"]["seqinfer"].pop("ports", None)
+service = config["services"]["seqinfer"]
+service.pop("ports", None)
+# Only this service (Prometheus and Grafana images cannot be pulled here), so no
+# volumes of theirs are created either.
+config["services"] = {"seqinfer": service}
+config.pop("volumes", None)
 with open(path, "w") as f:
     yaml.safe_dump(config, f, sort_keys=False)
 EOF
