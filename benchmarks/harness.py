@@ -368,6 +368,10 @@ class Harness:
             out = self.work_dir / "profiles" / f"seqinfer-{transport}-N{sessions}.txt"
             seconds = self.plan.warmup + self.plan.duration
             self.say(f"profiling {key} with py-spy for {seconds:.0f} s (not a measured cell)")
+            # Python frames only, sampled without pausing the server (native
+            # sampling pauses it per sample and slowed it ~4x here). grpc.aio's
+            # Cython code is invisible then: its time shows as the event
+            # loop's Handle._run.
             recorder = Recorder(target.pid, seconds, out)
             cell = self.cell("seqinfer", transport, "bench-gru", sessions, record=False)
             profile = recorder.finish()

@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Groups for the "where the time goes" split, matched against each frame's file.
-# Order matters: the first group a stack's frames match (leaf upwards) wins.
+# Groups for the "where the time goes" split, matched against each frame's
+# file. A sample belongs to the first group (in this order) that any frame of
+# its stack matches: an engine frame anywhere makes it engine time, a servicer
+# frame under grpc's callbacks makes it api time, and so on.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("engine (torch math)", ("service/engine.py",)),
+    ("engine (torch math, engine thread)", ("service/engine.py",)),
     ("scheduler", ("service/scheduler.py",)),
     ("state / sessions", ("service/state.py", "service/runtime.py")),
     (
@@ -33,8 +35,11 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("metrics / observer", ("service/metrics.py", "service/observer.py")),
-    ("grpc.aio (Cython)", ("grpc/_cython", "grpc/aio")),
-    ("asyncio loop", ("asyncio/",)),
+    ("grpc core + Cython (HTTP/2, (de)serialisation)", ("cygrpc", "grpc/_cython", "libgrpc")),
+    # Without --native, grpc.aio's Cython callbacks run inside Handle._run
+    # with no frame of their own, so most of this group is grpc's work.
+    ("event loop: asyncio + grpc.aio Cython callbacks", ("asyncio/",)),
+    ("OpenMP worker threads (libgomp)", ("libgomp",)),
 )
 
 
@@ -63,7 +68,9 @@ class Profile:
 class Recorder:
     """``py-spy record`` of one PID for a fixed time, in the background."""
 
-    def __init__(self, pid: int, seconds: float, out: Path, rate: int = 200) -> None:
+    def __init__(
+        self, pid: int, seconds: float, out: Path, rate: int = 200, native: bool = False
+    ) -> None:
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
         exe = py_spy()
@@ -73,7 +80,10 @@ class Recorder:
             self.proc = subprocess.Popen(
                 [
                     exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-                    "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking",
+                    "--rate", str(rate), "--format", "raw", "--output", str(out),
+                    # Native frames (grpc's Cython, torch, OpenMP) need the
+                    # process paused per sample; Python-only sampling does not.
+                    *(["--native"] if native else ["--nonblocking"]),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -122,8 +132,7 @@ def summarize(path: Path, top: int = 15) -> Profile:
 
 
 def _group(frames: list[str]) -> str:
-    for frame in reversed(frames):
-        for name, needles in GROUPS:
-            if any(n in frame for n in needles):
-                return name
+    for name, needles in GROUPS:
+        if any(n in frame for frame in frames for n in needles):
+            return name
     return "other"

@@ -8,6 +8,7 @@ state. Done for every server that computes, in the same run as the load.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -139,7 +140,15 @@ def verify_seqinfer_contract(
 
 
 def verify_torchserve(address: str, sessions: int = 2, steps: int = 24) -> list[Check]:
-    """StreamPredictions2, one stream per session, against nn.GRU."""
+    """StreamPredictions2, one stream per session, each step waiting for its reply.
+
+    Ping-pong on purpose: TorchServe refuses a sequence's requests beyond
+    ``maxSequenceJobQueueSize`` queued at once.
+    """
+    return asyncio.run(_verify_torchserve(address, sessions, steps))
+
+
+async def _verify_torchserve(address: str, sessions: int, steps: int) -> list[Check]:
     from benchmarks.loadgen.spec import LoadSpec
     from benchmarks.peers.torchserve import client
 
@@ -149,20 +158,18 @@ def verify_torchserve(address: str, sessions: int = 2, steps: int = 24) -> list[
     want = {sid: reference_outputs("bench-gru", x) for sid, x in xs.items()}
     got: dict[str, list[np.ndarray]] = {sid: [] for sid in sids}
     try:
-        with grpc.insecure_channel(address) as channel:
-            method = channel.stream_stream(client.STREAM_PATH)
+        async with grpc.aio.insecure_channel(address) as channel:
             for sid in sids:
-                raws = [xs[sid][t].numpy().astype("<f4").tobytes() for t in range(steps)]
-                requests = (
-                    client.request(spec, sid, raw, start=t == 0, end=t == steps - 1)
-                    for t, raw in enumerate(raws)
-                )
-                for raw in method(requests, timeout=60):
-                    prediction, problem = client.parse_reply(raw)
+                call: Any = channel.stream_stream(client.STREAM_PATH)(timeout=60)
+                for t in range(steps):
+                    raw = xs[sid][t].numpy().astype("<f4").tobytes()
+                    await call.write(client.request(spec, sid, raw, t == 0, t == steps - 1))
+                    prediction, problem = client.parse_reply(bytes(await call.read()))
                     if problem:
                         raise RuntimeError(problem)
                     got[sid].append(np.frombuffer(prediction, dtype="<f4"))
+                await call.done_writing()
     except (grpc.RpcError, RuntimeError) as exc:
-        text = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+        text = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
         return [Check("torchserve", "stream", sessions, 0, float("inf"), False, str(text))]
     return [_compare("torchserve", "stream", got, want)]
