@@ -252,8 +252,8 @@ def markdown(results: dict[str, Any]) -> str:
 def _load_table(results: dict[str, Any]) -> list[str]:
     rows = [
         "| server | transport | model | N | steps/s | p50 ms | p90 ms | p99 ms | p99.9 ms | "
-        "errors | server CPU µs/step | vs echo | vs hand-written |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "errors | server CPU µs/step | client cores | vs echo | vs hand-written |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in results.get("cells", []):
         r = cell["result"]
@@ -264,6 +264,7 @@ def _load_table(results: dict[str, Any]) -> list[str]:
         echo = _rate(_cell(results, f"echo/{base}"))
         hw = _rate(_cell(results, f"handwritten/{base}"))
         rate = r["steps_per_s"]
+        client_cores = r["client_cpu_s"] / r["seconds"] if r["seconds"] else 0.0
         vs_echo = f"{rate / echo:.2f}x" if echo and cell["server"] != "echo" else ""
         vs_hw = f"{rate / hw:.2f}x" if hw and cell["server"] != "handwritten" else ""
         n = f"{cell['sessions']}" + (f" (K={cell['steps']})" if cell["steps"] else "")
@@ -274,13 +275,14 @@ def _load_table(results: dict[str, Any]) -> list[str]:
             f"| {cell['server']} | {transport} | {cell['model']} | {n} | {rate:,.0f} | "
             f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | "
             f"{lat['p999_ms']:.2f} | {r['errors']} | {cell['server_cpu_us_per_step']:,.0f} | "
-            f"{vs_echo} | {vs_hw} |"
+            f"{client_cores:.2f} | {vs_echo} | {vs_hw} |"
         )
     rows += [
         "",
         "StepMany latencies are per message (all its steps share one). Server CPU µs/step is the "
         "server process's CPU time over the whole cell (warm-up included) divided by the steps it "
-        "served.",
+        "served. Client cores: CPU seconds the load generator spent per second of the measured "
+        "phase (the client shares the machine's cores with the server).",
     ]
     return rows
 
@@ -465,6 +467,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     n_hist = 256 if 256 in ns else (ns[-1] if ns else 0)
     wanted = [f"{s}/stream/bench-gru/N{n_hist}" for s in ("echo", "handwritten", "seqinfer")]
     wanted += [c["key"] for c in cells if c["server"] == "torchserve"]
+    spans: list[tuple[float, float]] = []
     for key in wanted:
         cell = next((c for c in cells if c["key"] == key), None)
         if cell is None or not cell["result"]["latency"]["hist_counts"]:
@@ -473,6 +476,10 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         edges, counts = lat["hist_edges_ms"], lat["hist_counts"]
         total = max(sum(counts), 1)
         ax.stairs([c / total for c in counts], edges, color=colors[cell["server"]], label=key)
+        used = [i for i, c in enumerate(counts) if c]
+        spans.append((edges[used[0]], edges[used[-1] + 1]))
+    if spans:
+        ax.set_xlim(min(s[0] for s in spans), max(s[1] for s in spans))
     ax.set(
         xscale="log",
         xlabel="step latency (ms)",
