@@ -57,6 +57,19 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
         "--idle-sessions", type=_ints, help="idle-session checkpoints, e.g. 10000,100000"
     )
     p.add_argument("--growth-steps", type=int, help="steps of the RSS growth check (0 skips)")
+    p.add_argument(
+        "--seqinfer-arg",
+        action="append",
+        default=[],
+        help="extra `seqinfer serve` argument (repeat per token), for what-if runs",
+    )
+    p.add_argument(
+        "--seqinfer-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the seqinfer server (repeatable), for what-if runs",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument(
         "--publish",
@@ -80,6 +93,13 @@ def build_plan(args: argparse.Namespace) -> tuple[Plan, frozenset[str]]:
             changes[name] = value
     if args.idle_sessions is not None:
         changes["idle_checkpoints"] = args.idle_sessions
+    if args.seqinfer_arg:
+        changes["seqinfer_args"] = tuple(args.seqinfer_arg)
+    if args.seqinfer_env:
+        pairs = [item.split("=", 1) for item in args.seqinfer_env]
+        if any(len(pair) != 2 for pair in pairs):
+            raise SystemExit("--seqinfer-env takes KEY=VALUE")
+        changes["seqinfer_env"] = dict(pairs)
     skip = frozenset(s for s in args.skip.split(",") if s)
     unknown = skip - set(SKIPPABLE)
     if unknown:

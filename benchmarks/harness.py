@@ -207,7 +207,9 @@ class Harness:
         starters = {
             "echo": lambda: servers.start_echo(self.log_dir),
             "handwritten": lambda: servers.start_handwritten(self.log_dir),
-            "seqinfer": lambda: servers.start_seqinfer(self.log_dir),
+            "seqinfer": lambda: servers.start_seqinfer(
+                self.log_dir, self.plan.seqinfer_args, env=self.plan.seqinfer_env
+            ),
         }
         names = [n for n in self.plan.servers if n not in self.skip]
         # Started together: each spends seconds importing torch or loading models.
@@ -424,7 +426,9 @@ class Harness:
 
     def _memory_server(self, name: str) -> servers.Target:
         if self.plan.memory_fresh_server:
-            return servers.start_seqinfer(self.log_dir, name=name)
+            return servers.start_seqinfer(
+                self.log_dir, self.plan.seqinfer_args, name=name, env=self.plan.seqinfer_env
+            )
         target = self.targets.get("seqinfer")
         if target is None:
             raise RuntimeError("no seqinfer server for the memory scenario")

@@ -36,6 +36,9 @@ class Plan:
     memory_fresh_server: bool = True
     # py-spy profile of seqinfer at these (transport, N) cells (extra runs).
     profile_cells: tuple[tuple[str, int], ...] = (("stream", 256), ("many", 256))
+    # Extra `seqinfer serve` flags and environment, for what-if runs of a fix.
+    seqinfer_args: tuple[str, ...] = ()
+    seqinfer_env: dict[str, str] = field(default_factory=dict)
     verify: bool = True
     repeat: int = 1
     client_procs: int = 1

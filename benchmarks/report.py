@@ -224,7 +224,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta.get('cpu_model', '')}, Python {meta.get('python')}, torch {meta.get('torch')}, "
         f"grpcio {meta.get('grpcio')}. Load average (1/5/15 min) before: {load_before}; "
         f"after: {load_after}.",
-        "",
+        _what_if(meta.get("plan", {})),
         "### Targets",
         "",
         "| target | measured | required | |",
@@ -247,6 +247,16 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["", "### Problems during the run", ""]
         out += [f"- {p}" for p in results["problems"]]
     return "\n".join(out) + "\n"
+
+
+def _what_if(plan: dict[str, Any]) -> str:
+    """A line saying the seqinfer server ran with non-default flags or environment."""
+    args, env = plan.get("seqinfer_args") or [], plan.get("seqinfer_env") or {}
+    if not args and not env:
+        return ""
+    parts = [f"flags `{' '.join(args)}`"] if args else []
+    parts += [f"environment `{' '.join(f'{k}={v}' for k, v in env.items())}`"] if env else []
+    return f"\n**What-if run:** seqinfer was started with {' and '.join(parts)}.\n"
 
 
 def _load_table(results: dict[str, Any]) -> list[str]:

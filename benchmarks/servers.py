@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -85,9 +86,16 @@ def _seqinfer_ready(address: str) -> bool:
 
 
 def start_seqinfer(
-    log_dir: Path, extra_args: tuple[str, ...] = (), name: str = "seqinfer"
+    log_dir: Path,
+    extra_args: tuple[str, ...] = (),
+    name: str = "seqinfer",
+    env: dict[str, str] | None = None,
 ) -> Target:
-    """`seqinfer serve` with metrics off (the Prometheus endpoint is measured elsewhere)."""
+    """`seqinfer serve` with metrics off (the Prometheus endpoint is measured elsewhere).
+
+    `extra_args` go to `seqinfer serve`; `env` is added to this process's
+    environment (for what-if runs, e.g. OMP_NUM_THREADS=1).
+    """
     port = free_port()
     argv = [
         sys.executable,
@@ -101,7 +109,8 @@ def start_seqinfer(
         "--log-level", "WARNING",
         *extra_args,
     ]  # fmt: skip
-    server = ServerProcess(name, argv, log_dir / f"{name}.log", cwd=str(REPO))
+    full_env = {**os.environ, **env} if env else None
+    server = ServerProcess(name, argv, log_dir / f"{name}.log", env=full_env, cwd=str(REPO))
     server.start()
     address = f"127.0.0.1:{port}"
     server.wait_ready(lambda: _seqinfer_ready(address), timeout=120)
