@@ -44,7 +44,7 @@ class TrainConfig:
     num_layers: int = 2
     batch_size: int = 128
     seq_len: int = 50
-    epochs: int = 3
+    epochs: int = 5
     learning_rate: float = 3e-3
     final_learning_rate: float = 3e-4
     grad_clip: float = 1.0
