@@ -94,11 +94,13 @@ class Harness:
             "problems": [],
         }
         self._run_id = datetime.now(UTC).strftime("%H%M%S")
+        self._t0 = time.monotonic()
 
     # ------------------------------------------------------------ helpers --
 
     def say(self, message: str) -> None:
-        self.console.print(f"[bold]bench[/bold] {message}")
+        elapsed = time.monotonic() - self._t0
+        self.console.print(f"[bold]bench[/bold] {elapsed:6.1f}s {message}")
 
     def problem(self, what: str, exc: BaseException) -> None:
         text = f"{what}: {exc!r}"
