@@ -86,3 +86,30 @@ def test_long_chunk_path_matches_step_path():
     b = long_engine.run(b_slab, [EngineItem(1, x, output_mode=OutputMode.ALL)])[0]
     np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-5, rtol=0)
     torch.testing.assert_close(a_slab, b_slab, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_single_step_fast_path_equals_full_sequence_gru(batch: int):
+    model = make_model("tokens", layers=2, input_size=30, seed=11)
+    engine = GRUEngine(model, torch.device("cpu"))
+    slab = engine.new_slab(10)
+    rng = np.random.default_rng(3)
+    modes = [OutputMode.LAST, OutputMode.ALL, OutputMode.NONE]
+    sent: dict[int, list[np.ndarray]] = {s: [] for s in range(batch)}
+    for step in range(6):
+        items = []
+        for s in range(batch):
+            x = rng.integers(0, 30, size=1)
+            sent[s].append(x)
+            items.append(EngineItem(s + 2, x, output_mode=modes[(s + step) % 3], return_state=True))
+        results = engine.run(slab, items)
+        for s, (item, result) in enumerate(zip(items, results)):
+            want_out, want_state = reference_run(model, np.concatenate(sent[s]))
+            np.testing.assert_allclose(result.state, want_state, atol=1e-5, rtol=0)
+            if item.output_mode is OutputMode.NONE:
+                assert result.outputs is None
+            elif item.output_mode is OutputMode.LAST:
+                np.testing.assert_allclose(result.outputs, want_out[-1], atol=1e-5, rtol=0)
+            else:
+                np.testing.assert_allclose(result.outputs, want_out[-1:], atol=1e-5, rtol=0)
+    assert torch.count_nonzero(slab[:, :2]) == 0  # neighbours untouched

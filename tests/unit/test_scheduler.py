@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ from seqinfer.service.errors import DeadlineExceeded, QueueFull, StepGap
 from seqinfer.service.observer import Observer
 from seqinfer.service.scheduler import Scheduler, StepItem
 from seqinfer.service.state import SessionStore
+from seqinfer.service.worker import SerialWorker
 from tests.support import make_model, reference_run
 
 
@@ -33,7 +34,7 @@ class Recorder(Observer):
 class Harness:
     def __init__(self, **kw) -> None:
         self.model = make_model("dense")
-        self.executor = ThreadPoolExecutor(1)
+        self.executor = SerialWorker("test-engine")
         engine = GRUEngine(self.model, torch.device("cpu"))
         self.store = SessionStore(
             engine,
@@ -137,6 +138,39 @@ async def test_queue_limit_rejects_with_queue_full():
     with pytest.raises(QueueFull):
         h.scheduler.submit(h.item(session, np.ones((1, 8), np.float32)))
     assert h.observer.rejected == ["backpressure"]
+    h.executor.shutdown()
+
+
+async def test_tiny_batches_run_inline_only_while_the_engine_thread_is_idle():
+    h = Harness(inline_max_timesteps=1)
+    h.scheduler.start()
+    threads: list[str] = []
+    compute = h.scheduler._compute
+
+    def recording(items):
+        threads.append(threading.current_thread().name)
+        return compute(items)
+
+    h.scheduler._compute = recording  # type: ignore[method-assign]
+    session = h.store.create("a", None)[0]
+    one = h.item(session, np.ones((1, 8), np.float32))
+    h.scheduler.submit(one)
+    await one.future
+    two = h.item(session, np.ones((2, 8), np.float32))  # over the inline limit
+    h.scheduler.submit(two)
+    await two.future
+    release = threading.Event()
+    h.executor.submit(release.wait)  # the engine thread is busy with other slab work
+    three = h.item(session, np.ones((1, 8), np.float32))
+    h.scheduler.submit(three)
+    await asyncio.sleep(0.05)
+    assert not three.future.done()  # it queued behind that work instead of running inline
+    release.set()
+    await three.future
+    main = threading.current_thread().name
+    assert threads[0] == main and threads[1] != main and threads[2] != main
+    assert session.step == 4
+    await h.scheduler.drain()
     h.executor.shutdown()
 
 

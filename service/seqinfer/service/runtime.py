@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
@@ -24,6 +23,7 @@ from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import Observer, RuntimeStats
 from seqinfer.service.scheduler import Scheduler, StepItem
 from seqinfer.service.state import Session, SessionStore
+from seqinfer.service.worker import SerialWorker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,10 +39,10 @@ class ModelRuntime:
         self.settings = settings
         self.observer = observer
         self.engine = GRUEngine(model, device, settings.long_chunk_threshold)
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{self.spec.name}")
+        self.worker = SerialWorker(f"engine-{self.spec.name}")
         self.store = SessionStore(
             self.engine,
-            self.executor,
+            self.worker,
             initial_capacity=settings.initial_capacity,
             max_sessions=settings.max_sessions,
             eviction=settings.eviction,
@@ -52,10 +52,11 @@ class ModelRuntime:
             self.key,
             self.engine,
             self.store,
-            self.executor,
+            self.worker,
             max_batch_size=settings.max_batch_size,
             max_batch_delay=settings.max_batch_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
+            inline_max_timesteps=settings.inline_max_timesteps,
             observer=observer,
             on_session_closed=self.end_session,
         )
@@ -80,10 +81,10 @@ class ModelRuntime:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        self.executor.shutdown(wait=True)
+        self.worker.shutdown()
 
     async def _on_engine(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await self.worker.run(fn, *args)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -19,7 +19,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +33,7 @@ from seqinfer.service.errors import (
 )
 from seqinfer.service.observer import Observer
 from seqinfer.service.state import Session, SessionStore
+from seqinfer.service.worker import SerialWorker
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +82,23 @@ class Scheduler:
         model_key: str,
         engine: GRUEngine,
         store: SessionStore,
-        executor: Executor,
+        worker: SerialWorker,
         *,
         max_batch_size: int,
         max_batch_delay: float,
         max_queue_size: int,
+        inline_max_timesteps: int = 0,
         observer: Observer,
         on_session_closed: Callable[[Session, str], None],
     ) -> None:
         self.model_key = model_key
         self.engine = engine
         self.store = store
-        self.executor = executor
+        self.worker = worker
         self.max_batch_size = max_batch_size
         self.max_batch_delay = max_batch_delay
         self.max_queue_size = max_queue_size
+        self.inline_max_timesteps = inline_max_timesteps
         self.observer = observer
         self._on_session_closed = on_session_closed
         self._ready: deque[Session] = deque()
@@ -181,7 +183,10 @@ class Scheduler:
                 for it in batch
             ]
             try:
-                results = await loop.run_in_executor(self.executor, self._compute, engine_items)
+                if self._inline(batch):
+                    results = self._compute(engine_items)
+                else:
+                    results = await self.worker.run(self._compute, engine_items)
             except Exception as exc:  # a server fault, never the caller's
                 log.exception("engine failed on a batch of %d", len(batch))
                 self._fail_batch(batch, exc)
@@ -189,6 +194,12 @@ class Scheduler:
                 self._complete(batch, results, started)
             self.in_flight = 0
             self._check_idle()
+
+    def _inline(self, batch: list[StepItem]) -> bool:
+        """Tiny batch, idle engine thread: computing here saves two thread hand-offs."""
+        if sum(item.timesteps for item in batch) > self.inline_max_timesteps:
+            return False
+        return self.worker.idle()
 
     def _compute(self, items: list[EngineItem]) -> list[EngineResult]:
         # Read the slab on the engine thread: a growth queued ahead of this

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict, deque
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +31,7 @@ from seqinfer.service.errors import (
 
 if TYPE_CHECKING:
     from seqinfer.service.engine import GRUEngine
+    from seqinfer.service.worker import SerialWorker
 
 # Remembering why a session vanished lets a late client get SESSION_EXPIRED or
 # SESSION_EVICTED instead of a bare "not found"; bounded so churn can't grow it.
@@ -72,7 +72,7 @@ class SessionStore:
     def __init__(
         self,
         engine: GRUEngine,
-        executor: Executor,
+        worker: SerialWorker,
         *,
         initial_capacity: int,
         max_sessions: int,
@@ -80,7 +80,7 @@ class SessionStore:
         default_ttl: float,
     ) -> None:
         self.engine = engine
-        self._executor = executor
+        self._worker = worker
         self.max_sessions = max_sessions
         self.eviction = eviction
         self.default_ttl = default_ttl
@@ -178,7 +178,7 @@ class SessionStore:
         # Free slots hold zeros, so a new session needs no engine round trip.
         # The zeroing queues on the engine thread behind any batch still using
         # the slot and ahead of anything its next owner does.
-        self._executor.submit(self.write_state, session.slot, None)
+        self._worker.submit(self.write_state, session.slot, None)
         self._free.append(session.slot)
         if why is not None and why is not SessionNotFound:
             self._tombstones[session.session_id] = why
