@@ -95,7 +95,9 @@ def render(prometheus: str, start: float, end: float, out: Path, rate_interval: 
     step = max(1.0, (end - start) / 240)
     fig = plt.figure(figsize=(20, bottom * 0.42), dpi=90)
     fig.patch.set_facecolor("#111217")
-    grid = fig.add_gridspec(bottom, 24, hspace=2.2, wspace=1.2)
+    grid = fig.add_gridspec(
+        bottom, 24, hspace=2.2, wspace=1.2, left=0.04, right=0.99, top=0.97, bottom=0.02
+    )
     text_color = "#ccccdc"
     for panel in panels:
         pos = panel["gridPos"]
@@ -139,7 +141,13 @@ def render(prometheus: str, start: float, end: float, out: Path, rate_interval: 
                 )
                 plotted += 1
         if plotted:
-            ax.legend(fontsize=6, loc="upper left", framealpha=0.3, labelcolor=text_color)
+            ax.legend(
+                fontsize=6,
+                loc="upper left",
+                framealpha=0.3,
+                labelcolor=text_color,
+                ncol=2 if plotted > 4 else 1,
+            )
         else:
             ax.text(0.5, 0.5, "No data", ha="center", va="center", color=text_color)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p, u=unit: format_value(v, u)))
@@ -150,6 +158,7 @@ def render(prometheus: str, start: float, end: float, out: Path, rate_interval: 
         f"seqinfer — rendered from Prometheus data, {when} ({end - start:.0f} s window)",
         color=text_color,
         fontsize=12,
+        y=0.995,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, facecolor=fig.get_facecolor(), bbox_inches="tight")
