@@ -33,8 +33,10 @@ def test_settings(**overrides: Any) -> Settings:
 class ServerThread:
     """A SeqinferServer on its own event loop in a background thread."""
 
-    def __init__(self, settings: Settings, models: list[LoadedModel] | None = None) -> None:
-        self.server = SeqinferServer(settings, models)
+    def __init__(
+        self, settings: Settings, models: list[LoadedModel] | None = None, observer: Any = None
+    ) -> None:
+        self.server = SeqinferServer(settings, models, observer)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -68,9 +70,9 @@ class ServerThread:
 
 @contextmanager
 def running_server(
-    models: list[LoadedModel] | None = None, **overrides: Any
+    models: list[LoadedModel] | None = None, observer: Any = None, **overrides: Any
 ) -> Iterator[ServerThread]:
-    server = ServerThread(test_settings(**overrides), models).start()
+    server = ServerThread(test_settings(**overrides), models, observer).start()
     try:
         yield server
     finally:

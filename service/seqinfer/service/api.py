@@ -22,7 +22,7 @@ from google.protobuf import timestamp_pb2
 from seqinfer.service import inputs
 from seqinfer.service.config import Settings
 from seqinfer.service.engine import OutputMode
-from seqinfer.service.errors import Draining, InvalidInput, SeqinferError, TooLarge
+from seqinfer.service.errors import CapacityFull, Draining, InvalidInput, SeqinferError, TooLarge
 from seqinfer.service.models.spec import InputKind, ModelSpec, OutputKind
 from seqinfer.service.observer import Observer
 from seqinfer.service.router import Router, check_session_id, check_ttl
@@ -43,6 +43,7 @@ _OUTPUT_MODES = {
     pb.OUTPUT_MODE_ALL: OutputMode.ALL,
     pb.OUTPUT_MODE_NONE: OutputMode.NONE,
 }
+_REJECTIONS: dict[type[SeqinferError], str] = {CapacityFull: "capacity", Draining: "draining"}
 _INPUT_KINDS = {InputKind.TOKENS: pb.INPUT_KIND_TOKENS, InputKind.DENSE: pb.INPUT_KIND_DENSE}
 _OUTPUT_KINDS = {
     OutputKind.LOGITS: pb.OUTPUT_KIND_LOGITS,
@@ -287,7 +288,6 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
 
     async def _submit(self, request: pb.StepRequest, deadline: float | None) -> StepItem:
         """Validate a step request and queue it; the item's future gives the outcome."""
-        self.lifecycle.check()
         self._check_id(request.session_id, required=not request.start)
         runtime: ModelRuntime
         session: Session | None = None
@@ -301,6 +301,23 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             if not request.start:
                 raise self.router.missing(request.session_id)
             runtime = self.router.model(request.model, request.model_version)
+        try:
+            self.lifecycle.check()
+            return await self._enqueue(runtime, session, request, deadline)
+        except SeqinferError as error:
+            # QUEUE_FULL is counted by the scheduler, which knows it as backpressure.
+            reason = "invalid" if isinstance(error, InvalidInput) else _REJECTIONS.get(type(error))
+            if reason is not None:
+                self.observer.request_rejected(runtime.key, reason)
+            raise
+
+    async def _enqueue(
+        self,
+        runtime: ModelRuntime,
+        session: Session | None,
+        request: pb.StepRequest,
+        deadline: float | None,
+    ) -> StepItem:
         spec: ModelSpec = runtime.spec
         values = inputs.step_inputs(
             spec,

@@ -34,7 +34,7 @@ class Observer:
     """
 
     def rpc_started(self, method: str) -> None:
-        """A gRPC call (or one item of a stream) started; ``method`` is e.g. "Step"."""
+        """A gRPC call started; ``method`` is e.g. "Step" (a stream counts once)."""
 
     def rpc_finished(self, method: str, code: str, seconds: float) -> None:
         """It finished with status ``code`` (a grpc.StatusCode name, e.g. "OK")."""

@@ -55,11 +55,19 @@ def load_served_models(settings: Settings) -> list[LoadedModel]:
 class SeqinferServer:
     """A running seqinfer server. ``start``/``stop`` from inside an event loop."""
 
-    def __init__(self, settings: Settings, models: list[LoadedModel] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: list[LoadedModel] | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        """``models`` replaces loading from settings; ``observer`` replaces the
+        Prometheus exporter (for embedding and tests)."""
         self.settings = settings
         self._models = models
         self.lifecycle = Lifecycle()
-        self.observer: Observer = NULL_OBSERVER
+        self._own_observer = observer is not None
+        self.observer: Observer = observer or NULL_OBSERVER
         self.runtimes: list[ModelRuntime] = []
         self.router: Router | None = None
         self.port = 0
@@ -83,7 +91,7 @@ class SeqinferServer:
         models = self._models if self._models is not None else load_served_models(settings)
         if not models:
             raise ModelLoadError("models", "no model could be loaded; nothing to serve")
-        if settings.metrics_port:
+        if settings.metrics_port and not self._own_observer:
             from seqinfer.service.metrics import start_metrics_exporter
 
             exporter = start_metrics_exporter(
