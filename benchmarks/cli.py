@@ -77,6 +77,12 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
         help=f"also write {DOC_IMAGE.relative_to(REPO)} and the tables in {DOC.relative_to(REPO)}",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="RESULTS",
+        help="measure nothing: redo the markdown, plot (and --publish) from a results JSON",
+    )
     return p
 
 
@@ -125,6 +131,9 @@ def publish(markdown_text: str, image: Path | None) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
     args = parser(prog).parse_args(argv)
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        return _write(results, args.from_json.with_suffix(""), args.publish)
     plan, skip = build_plan(args)
     console = Console(stderr=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -142,16 +151,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / stamp
     base.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    return _write(results, base, args.publish)
+
+
+def _write(results: dict[str, Any], base: Path, publish_docs: bool) -> int:
+    """Markdown and plot next to `base`.json; the exit status of the run."""
     text = report.markdown(results)
     image = base.with_suffix(".png")
     plotted = report.plot(results, image)
     if plotted:
-        text += f"\n![benchmarks]({'img/benchmarks.png' if args.publish else image.name})\n"
+        text += f"\n![benchmarks]({'img/benchmarks.png' if publish_docs else image.name})\n"
     base.with_suffix(".md").write_text(text)
-    if args.publish:
+    if publish_docs:
         publish(text, image if plotted else None)
     # Plain stdout, unwrapped, so the markdown can be piped or pasted as is.
     sys.stdout.write(text)
-    console.print(f"results: {base}.json, .md" + (", .png" if plotted else " (no matplotlib)"))
+    done = f"results: {base}.json, .md" + (", .png" if plotted else " (no matplotlib)")
+    print(done, file=sys.stderr)
     mismatches = [c for c in results["verify"] if not c["ok"]]
     return 1 if mismatches or results["problems"] else 0

@@ -346,7 +346,7 @@ async def run_process(
             await caller.close()
         except (grpc.aio.AioRpcError, ConnectionError) as exc:
             if isinstance(exc, grpc.aio.AioRpcError):
-                text = f"{exc.code().name} {exc.details() or ''}".strip()
+                text = f"{exc.code().name} {exc.details() or ''} {exc.debug_error_string()[:300]}"
             else:
                 text = str(exc)
             tally.note(0, 1, f"caller {k} failed: {text}")
