@@ -131,7 +131,19 @@ def summarize(path: Path, top: int = 15) -> Profile:
     )
 
 
+# Leaf frames where a thread waits in C code that py-spy cannot tell from
+# work: they are reported as waiting, not as any part of the server.
+WAITING_LEAVES: tuple[tuple[str, str], ...] = (
+    ("_worker (concurrent/futures/thread.py", "waiting: engine thread idle between batches"),
+    ("Thread.run (threading.py", "waiting: grpc poller thread (C, inside epoll)"),
+    ("EpollSelector.select (selectors.py", "waiting: event loop in epoll"),
+)
+
+
 def _group(frames: list[str]) -> str:
+    for prefix, name in WAITING_LEAVES:
+        if frames[-1].startswith(prefix):
+            return name
     for name, needles in GROUPS:
         if any(n in frame for frame in frames for n in needles):
             return name
