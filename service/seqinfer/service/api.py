@@ -23,14 +23,14 @@ from seqinfer.service import inputs
 from seqinfer.service.config import Settings
 from seqinfer.service.engine import OutputMode
 from seqinfer.service.errors import CapacityFull, Draining, InvalidInput, SeqinferError, TooLarge
-from seqinfer.service.models.spec import InputKind, ModelSpec, OutputKind
+from seqinfer.service.models.spec import InputKind, OutputKind
 from seqinfer.service.observer import Observer
 from seqinfer.service.router import Router, check_session_id, check_ttl
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.scheduler import StepItem, StepOutcome
 from seqinfer.service.state import Session
 from seqinfer.service.status import internal, to_grpc_status, to_status_proto
-from seqinfer.service.tensors import PROTO_DTYPES, encode, encode_array
+from seqinfer.service.tensors import PROTO_DTYPES, encode, fill_tensor
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
@@ -109,20 +109,26 @@ def session_to_pb(runtime: ModelRuntime, session: Session) -> pb.SessionInfo:
     )
 
 
-def outcome_to_pb(outcome: StepOutcome) -> pb.StepResponse:
-    response = pb.StepResponse(
-        session_id=outcome.session_id,
-        request_id=outcome.request_id,
-        step=outcome.step,
-        created=outcome.created,
-        closed=outcome.closed,
-        replayed=outcome.replayed,
-    )
+def fill_response(response: pb.StepResponse, outcome: StepOutcome) -> pb.StepResponse:
+    """Write an outcome into a (sub)message in place: building a StepResponse and
+    copying it into a StepResult costs twice as much, per reply."""
+    response.session_id = outcome.session_id
+    response.request_id = outcome.request_id
+    response.step = outcome.step
+    response.created = outcome.created
+    response.closed = outcome.closed
+    response.replayed = outcome.replayed
     if outcome.outputs is not None:
-        response.outputs.CopyFrom(encode_array(outcome.outputs))
+        fill_tensor(response.outputs, outcome.outputs)
     if outcome.state is not None:
-        response.state.CopyFrom(encode_array(outcome.state))
+        fill_tensor(response.state, outcome.state)
     return response
+
+
+def result_to_pb(outcome: StepOutcome) -> pb.StepResult:
+    result = pb.StepResult(session_id=outcome.session_id, request_id=outcome.request_id)
+    fill_response(result.response, outcome)
+    return result
 
 
 def _result_error(request: pb.StepRequest, error: BaseException) -> pb.StepResult:
@@ -189,6 +195,9 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         self, router: Router, settings: Settings, observer: Observer, lifecycle: Lifecycle
     ) -> None:
         self.router = router
+        # Built inside the server's event loop; cached because looking it up
+        # per request shows in profiles.
+        self._loop = asyncio.get_running_loop()
         self.settings = settings
         self.observer = observer
         self.lifecycle = lifecycle
@@ -288,6 +297,18 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
 
     async def _submit(self, request: pb.StepRequest, deadline: float | None) -> StepItem:
         """Validate a step request and queue it; the item's future gives the outcome."""
+        item = self._submit_now(request, deadline)
+        while item is None:
+            # Creating its session needs a bigger slab; grow (off-thread), retry.
+            await self.router.model(request.model, request.model_version).ensure_free_slot()
+            item = self._submit_now(request, deadline)
+        return item
+
+    def _submit_now(self, request: pb.StepRequest, deadline: float | None) -> StepItem | None:
+        """``_submit`` without awaiting: None when a new session must wait for slab growth.
+
+        The hot path: a coroutine per request would cost more than the checks.
+        """
         self._check_id(request.session_id, required=not request.start)
         runtime: ModelRuntime
         session: Session | None = None
@@ -303,7 +324,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             runtime = self.router.model(request.model, request.model_version)
         try:
             self.lifecycle.check()
-            return await self._enqueue(runtime, session, request, deadline)
+            return self._enqueue(runtime, session, request, deadline)
         except SeqinferError as error:
             # QUEUE_FULL is counted by the scheduler, which knows it as backpressure.
             reason = "invalid" if isinstance(error, InvalidInput) else _REJECTIONS.get(type(error))
@@ -311,39 +332,41 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
                 self.observer.request_rejected(runtime.key, reason)
             raise
 
-    async def _enqueue(
+    def _enqueue(
         self,
         runtime: ModelRuntime,
         session: Session | None,
         request: pb.StepRequest,
         deadline: float | None,
-    ) -> StepItem:
-        spec: ModelSpec = runtime.spec
+    ) -> StepItem | None:
         values = inputs.step_inputs(
-            spec,
+            runtime.spec,
             request.inputs,
             max_timesteps=self.settings.max_timesteps,
             allow_non_finite=self.settings.allow_non_finite_inputs,
         )
-        if request.output_mode not in _OUTPUT_MODES:
+        output_mode = _OUTPUT_MODES.get(request.output_mode)
+        if output_mode is None:
             raise InvalidInput("output_mode", f"unknown value {request.output_mode}")
         created = False
         if session is None:
             ttl = _optional_ttl(request)
-            session = await runtime.create_session(request.session_id or None, ttl)
+            session = runtime.create_session_now(request.session_id or None, ttl)
+            if session is None:
+                return None
             created = True
         item = StepItem(
             session,
             values,
-            asyncio.get_running_loop().create_future(),
-            request_id=request.request_id,
-            expected_step=request.expected_step if request.HasField("expected_step") else None,
-            reset=request.reset,
-            end=request.end,
-            output_mode=_OUTPUT_MODES.get(request.output_mode, OutputMode.LAST),
-            return_state=request.return_state,
-            deadline=deadline,
-            created=created,
+            self._loop.create_future(),
+            request.request_id,
+            request.expected_step if request.HasField("expected_step") else None,
+            request.reset,
+            request.end,
+            output_mode,
+            request.return_state,
+            deadline,
+            created,
         )
         try:
             runtime.submit(item)
@@ -360,7 +383,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
     @_handle("Step")
     async def Step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
         item = await self._submit(request, self._deadline(context))
-        return outcome_to_pb(await item.future)
+        return fill_response(pb.StepResponse(), await item.future)
 
     @_handle("StepMany")
     async def StepMany(self, request: pb.StepManyRequest, context: Any) -> pb.StepManyResponse:
@@ -375,7 +398,8 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         futures: list[asyncio.Future[StepOutcome]] = []
         for step in request.steps:
             try:
-                futures.append((await self._submit(step, deadline)).future)
+                item = self._submit_now(step, deadline) or await self._submit(step, deadline)
+                futures.append(item.future)
             except SeqinferError as error:
                 failed: asyncio.Future[StepOutcome] = loop.create_future()
                 failed.set_exception(error)
@@ -390,14 +414,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         for step, future in zip(request.steps, futures):
             failure = future.exception()
             if failure is None:
-                outcome = future.result()
-                results.append(
-                    pb.StepResult(
-                        session_id=outcome.session_id,
-                        request_id=outcome.request_id,
-                        response=outcome_to_pb(outcome),
-                    )
-                )
+                results.append(result_to_pb(future.result()))
             else:
                 results.append(_result_error(step, failure))
         return pb.StepManyResponse(results=results)
@@ -454,11 +471,15 @@ class _StepStream:
 
     async def _read(self, requests: AsyncIterator[pb.StepRequest]) -> None:
         loop = asyncio.get_running_loop()
-        deadline = self.servicer._deadline(self.context)
+        servicer = self.servicer
+        deadline = servicer._deadline(self.context)
         try:
             async for request in requests:
                 try:
-                    future = (await self.servicer._submit(request, deadline)).future
+                    item = servicer._submit_now(request, deadline)
+                    if item is None:
+                        item = await servicer._submit(request, deadline)
+                    future = item.future
                 except SeqinferError as error:
                     future = loop.create_future()
                     future.set_exception(error)
@@ -482,12 +503,7 @@ class _StepStream:
                 return
             error = future.exception()
             if error is None:
-                outcome = future.result()
-                result = pb.StepResult(
-                    session_id=outcome.session_id,
-                    request_id=outcome.request_id,
-                    response=outcome_to_pb(outcome),
-                )
+                result = result_to_pb(future.result())
             else:
                 result = _result_error(request, error)
             self.results.put_nowait(result)

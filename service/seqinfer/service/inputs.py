@@ -7,7 +7,7 @@ import torch
 
 from seqinfer.service.errors import InvalidInput, TooLarge
 from seqinfer.service.models.spec import InputKind, ModelSpec
-from seqinfer.service.tensors import FLOAT_DTYPES, INT_DTYPES, decode, decode_array, dtype_name
+from seqinfer.service.tensors import FLOAT_DTYPES, INT_DTYPES, NUMPY_DTYPES, decode, dtype_name
 from seqinfer.v1 import seqinfer_pb2 as pb
 
 
@@ -16,30 +16,34 @@ def step_inputs(
 ) -> np.ndarray:
     """[T, input_size] floats (dense) or [T] token ids, checked; a read-only view.
 
-    The engine converts a whole batch to the model dtype at once.
+    Runs once per step request, so it reads each protobuf field once and
+    checks shape before touching the bytes. The engine converts a whole
+    batch to the model dtype at once.
     """
     field = "inputs"
-    shape = list(tensor.shape)
-    if spec.input_kind is InputKind.DENSE:
-        if tensor.dtype not in FLOAT_DTYPES:
+    shape = tensor.shape
+    code = tensor.dtype
+    dense = spec.input_kind is InputKind.DENSE
+    if dense:
+        if code not in FLOAT_DTYPES:
             raise InvalidInput(
                 f"{field}.dtype",
-                f"model {spec.key} takes float features, got {dtype_name(tensor.dtype)}",
+                f"model {spec.key} takes float features, got {dtype_name(code)}",
             )
         if len(shape) != 2 or shape[1] != spec.input_size:
             raise InvalidInput(
                 f"{field}.shape",
-                f"model {spec.key} takes [T, {spec.input_size}], got {shape}",
+                f"model {spec.key} takes [T, {spec.input_size}], got {list(shape)}",
             )
     else:
-        if tensor.dtype not in INT_DTYPES:
+        if code not in INT_DTYPES:
             raise InvalidInput(
                 f"{field}.dtype",
-                f"model {spec.key} takes int32/int64 token ids, got {dtype_name(tensor.dtype)}",
+                f"model {spec.key} takes int32/int64 token ids, got {dtype_name(code)}",
             )
         if len(shape) != 1:
             raise InvalidInput(
-                f"{field}.shape", f"model {spec.key} takes [T] token ids, got {shape}"
+                f"{field}.shape", f"model {spec.key} takes [T] token ids, got {list(shape)}"
             )
     timesteps = shape[0]
     if timesteps < 1:
@@ -50,8 +54,21 @@ def step_inputs(
             f"T = {timesteps} exceeds the limit of {max_timesteps} timesteps per request",
             max_timesteps=max_timesteps,
         )
-    values = decode_array(tensor, field)
-    if spec.input_kind is InputKind.DENSE:
+    np_dtype = NUMPY_DTYPES.get(code)
+    if np_dtype is None:  # bfloat16: numpy cannot view it
+        values = decode(tensor, field).float().numpy()
+    else:
+        data = tensor.data
+        count = timesteps * spec.input_size if dense else timesteps
+        if len(data) != count * np_dtype.itemsize:
+            raise InvalidInput(
+                f"{field}.data",
+                f"{len(data)} bytes do not hold shape {list(shape)} of {dtype_name(code)} "
+                f"({count * np_dtype.itemsize} bytes expected)",
+            )
+        values = np.frombuffer(data, np_dtype)
+    if dense:
+        values = values.reshape(timesteps, spec.input_size)
         if not allow_non_finite and not np.isfinite(values).all():
             raise InvalidInput(f"{field}.data", "contains NaN or Inf")
         return values

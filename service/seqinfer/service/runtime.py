@@ -94,6 +94,25 @@ class ModelRuntime:
 
     # ------------------------------------------------------------ sessions --
 
+    async def ensure_free_slot(self) -> None:
+        """Grow the slab (on the engine thread) until a session could be created now."""
+        assert self._grow_lock is not None, "runtime not started"
+        while self.store.needs_growth():
+            async with self._grow_lock:
+                if self.store.needs_growth():
+                    await self._on_engine(self.store.grow)
+
+    def create_session_now(self, session_id: str | None, idle_ttl: float | None) -> Session | None:
+        """Open a zero-state session if no slab growth is needed first, else None."""
+        if self.store.needs_growth():
+            return None
+        session, evicted = self.store.create(session_id, idle_ttl)
+        for victim in evicted:
+            self.observer.session_ended(self.key, "evicted")
+            log.info("evicted session %s from %s (LRU)", victim.session_id, self.key)
+        self.observer.session_opened(self.key)
+        return session
+
     async def create_session(
         self,
         session_id: str | None,
@@ -102,17 +121,10 @@ class ModelRuntime:
     ) -> Session:
         """Open a session on a free slot (growing the slab if needed); its state
         is ``initial_state`` or zeros."""
-        assert self._grow_lock is not None, "runtime not started"
-        while self.store.needs_growth():
-            async with self._grow_lock:
-                if self.store.needs_growth():
-                    await self._on_engine(self.store.grow)
-        # No await between the growth check and create(): the free slot is ours.
-        session, evicted = self.store.create(session_id, idle_ttl)
-        for victim in evicted:
-            self.observer.session_ended(self.key, "evicted")
-            log.info("evicted session %s from %s (LRU)", victim.session_id, self.key)
-        self.observer.session_opened(self.key)
+        session = self.create_session_now(session_id, idle_ttl)
+        while session is None:
+            await self.ensure_free_slot()
+            session = self.create_session_now(session_id, idle_ttl)
         if initial_state is not None:
             await self._on_engine(self.store.write_state, session.slot, initial_state)
         return session

@@ -68,10 +68,10 @@ class StepItem:
     deadline: float | None = None  # time.monotonic() seconds
     created: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
+    timesteps: int = field(init=False)
 
-    @property
-    def timesteps(self) -> int:
-        return int(self.inputs.shape[0])
+    def __post_init__(self) -> None:
+        self.timesteps = int(self.inputs.shape[0])
 
 
 class Scheduler:
@@ -306,7 +306,7 @@ class Scheduler:
             if item.end and not session.closed:
                 self._on_session_closed(session, "closed")
             elif not session.closed:
-                touch(session)
+                touch(session, done)
                 if session.pending:
                     self._ready.append(session)
             if not item.future.done():

@@ -115,8 +115,8 @@ class SessionStore:
         }.get(kind, "not found")
         return kind(f"session {session_id!r} {what}", session_id=session_id)
 
-    def touch(self, session: Session) -> None:
-        session.last_used = time.monotonic()
+    def touch(self, session: Session, now: float | None = None) -> None:
+        session.last_used = time.monotonic() if now is None else now
         self.sessions.move_to_end(session.session_id)
 
     # ----------------------------------------------------------- lifecycle --

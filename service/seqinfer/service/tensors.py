@@ -70,7 +70,9 @@ def encode(value: torch.Tensor) -> pb.Tensor:
     )
 
 
-# numpy has no bfloat16: those tensors take the torch path (``decode``).
+# numpy has no bfloat16: those tensors take the torch path (``decode``). The hot
+# path decodes with numpy: a view plus checks costs microseconds where torch
+# costs several tensor ops.
 NUMPY_DTYPES: dict[int, np.dtype[np.generic]] = {
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
     pb.DTYPE_FLOAT64: np.dtype("<f8"),
@@ -81,31 +83,8 @@ NUMPY_DTYPES: dict[int, np.dtype[np.generic]] = {
 PROTO_FROM_NUMPY: dict[np.dtype[np.generic], int] = {v: k for k, v in NUMPY_DTYPES.items()}
 
 
-def decode_array(tensor: pb.Tensor, field: str) -> np.ndarray:
-    """A read-only numpy view of the tensor's bytes (bfloat16 widened to float32).
-
-    The hot path uses numpy: a view plus checks costs a few microseconds
-    where the same through torch costs several tensor ops.
-    """
-    dtype = NUMPY_DTYPES.get(tensor.dtype)
-    if dtype is None:
-        return decode(tensor, field).float().numpy()
-    shape = list(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}.shape", f"negative dimension in {shape}")
-    count = math.prod(shape)
-    if len(tensor.data) != count * dtype.itemsize:
-        raise InvalidInput(
-            f"{field}.data",
-            f"{len(tensor.data)} bytes do not hold shape {shape} of "
-            f"{dtype_name(tensor.dtype)} ({count * dtype.itemsize} bytes expected)",
-        )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
-
-
-def encode_array(value: np.ndarray) -> pb.Tensor:
-    return pb.Tensor(
-        dtype=PROTO_FROM_NUMPY[value.dtype],  # type: ignore[arg-type]
-        shape=value.shape,
-        data=value.tobytes(),
-    )
+def fill_tensor(tensor: pb.Tensor, value: np.ndarray) -> None:
+    """Write an array into a Tensor field in place (no intermediate message)."""
+    tensor.dtype = PROTO_FROM_NUMPY[value.dtype]  # type: ignore[assignment]
+    tensor.shape.extend(value.shape)
+    tensor.data = value.tobytes()
