@@ -394,7 +394,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
                 f"{self.settings.max_step_many}",
             )
         deadline = self._deadline(context)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         futures: list[asyncio.Future[StepOutcome]] = []
         for step in request.steps:
             try:
@@ -410,14 +410,17 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             for future in futures:
                 future.cancel()  # queued ones are skipped, never applied
             raise
-        results = []
+        response = pb.StepManyResponse()
+        results = response.results
         for step, future in zip(request.steps, futures):
             failure = future.exception()
             if failure is None:
-                results.append(result_to_pb(future.result()))
+                outcome = future.result()
+                result = results.add(session_id=outcome.session_id, request_id=outcome.request_id)
+                fill_response(result.response, outcome)
             else:
                 results.append(_result_error(step, failure))
-        return pb.StepManyResponse(results=results)
+        return response
 
     async def StreamSteps(
         self, request_iterator: AsyncIterator[pb.StepRequest], context: Any

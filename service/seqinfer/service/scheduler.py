@@ -292,8 +292,8 @@ class Scheduler:
                 session.step,
                 result.outputs,
                 result.state,
-                created=item.created,
-                closed=item.end,
+                item.created,
+                item.end,
             )
             if item.request_id:
                 session.last_request_id = item.request_id
