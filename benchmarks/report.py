@@ -487,11 +487,24 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         )
         return [p[0] for p in pts], [p[1] for p in pts]
 
+    def medians(xs: list[int], ys: list[float]) -> tuple[list[int], list[float]]:
+        # One point per N: the median repeat (repeats are drawn as faint dots).
+        by_n: dict[int, list[float]] = {}
+        for x, y in zip(xs, ys, strict=True):
+            by_n.setdefault(x, []).append(y)
+        ns = sorted(by_n)
+        return ns, [sorted(by_n[n])[(len(by_n[n]) - 1) // 2] for n in ns]
+
+    def draw(ax: Any, xs: list[int], ys: list[float], style: str, color: str, label: str) -> None:
+        ax.scatter(xs, ys, color=color, alpha=0.25, s=12)
+        mx, my = medians(xs, ys)
+        ax.plot(mx, my, style, marker="o", color=color, label=label)
+
     ax = axes[0][0]
     for server in ("echo", "handwritten", "seqinfer"):
         xs, ys = series(server, "stream")
         if xs:
-            ax.plot(xs, ys, styles["stream"], marker="o", color=colors[server], label=server)
+            draw(ax, xs, ys, styles["stream"], colors[server], server)
     ax.set(
         xscale="log",
         xlabel="concurrent sessions N",
@@ -507,7 +520,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             xs, ys = series(server, transport)
             if xs:
                 label = f"{server} {'StepMany' if transport == 'many' else 'unary Step'}"
-                ax.plot(xs, ys, styles[transport], marker="o", color=colors[server], label=label)
+                draw(ax, xs, ys, styles[transport], colors[server], label)
     ax.set(
         xscale="log",
         yscale="log",
