@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from seqinfer.service.config import Settings
+from seqinfer.service.config import Settings, torch_thread_count
 from seqinfer.service.engine import GRUEngine
 from seqinfer.service.errors import SessionExpired, SessionNotFound
 from seqinfer.service.models.spec import LoadedModel
@@ -39,7 +39,12 @@ class ModelRuntime:
         self.settings = settings
         self.observer = observer
         self.engine = GRUEngine(model, device, settings.long_chunk_threshold)
-        self.worker = SerialWorker(f"engine-{self.spec.name}")
+        # OpenMP's thread count is per thread: without this the engine thread
+        # would start a full team that spins on the core the event loop needs.
+        threads = torch_thread_count(settings)
+        self.worker = SerialWorker(
+            f"engine-{self.spec.name}", initializer=lambda: torch.set_num_threads(threads)
+        )
         self.store = SessionStore(
             self.engine,
             self.worker,

@@ -130,7 +130,29 @@ class Scheduler:
         self._idle.clear()
         if not session.busy and len(session.pending) == 1:
             self._ready.append(session)
-            self._wakeup.set()
+            if self._alone(item):
+                self._run_now()
+            else:
+                self._wakeup.set()
+
+    def _alone(self, item: StepItem) -> bool:
+        """Nothing else to batch with, nothing computing, a tiny step: the loop
+        would run exactly this batch next, so run it now and save the two
+        event-loop turns of waking the scheduler task (light-load latency)."""
+        return (
+            self.in_flight == 0
+            and len(self._ready) == 1
+            and self.max_batch_delay <= 0
+            and item.timesteps <= self.inline_max_timesteps
+            and self._task is not None
+            and self.worker.idle()
+        )
+
+    def _run_now(self) -> None:
+        batch = self._take_batch()
+        if batch:
+            self._execute_inline(batch)
+        self._check_idle()
 
     def fail_pending(self, session: Session, error: SeqinferError) -> None:
         """Fail every queued item of a session that is going away."""
@@ -176,24 +198,30 @@ class Scheduler:
             if not batch:
                 self._check_idle()
                 continue
-            self.in_flight = len(batch)
-            started = time.monotonic()
-            engine_items = [
-                EngineItem(it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state)
-                for it in batch
-            ]
-            try:
-                if self._inline(batch):
-                    results = self._compute(engine_items)
-                else:
-                    results = await self.worker.run(self._compute, engine_items)
-            except Exception as exc:  # a server fault, never the caller's
-                log.exception("engine failed on a batch of %d", len(batch))
-                self._fail_batch(batch, exc)
+            if self._inline(batch):
+                self._execute_inline(batch)
             else:
-                self._complete(batch, results, started)
-            self.in_flight = 0
+                self.in_flight = len(batch)
+                started = time.monotonic()
+                try:
+                    results = await self.worker.run(self._compute, _engine_items(batch))
+                except Exception as exc:  # a server fault, never the caller's
+                    log.exception("engine failed on a batch of %d", len(batch))
+                    self._fail_batch(batch, exc)
+                else:
+                    self._complete(batch, results, started)
+                self.in_flight = 0
             self._check_idle()
+
+    def _execute_inline(self, batch: list[StepItem]) -> None:
+        started = time.monotonic()
+        try:
+            results = self._compute(_engine_items(batch))
+        except Exception as exc:  # a server fault, never the caller's
+            log.exception("engine failed on a batch of %d", len(batch))
+            self._fail_batch(batch, exc)
+        else:
+            self._complete(batch, results, started)
 
     def _inline(self, batch: list[StepItem]) -> bool:
         """Tiny batch, idle engine thread: computing here saves two thread hand-offs."""
@@ -328,6 +356,13 @@ class Scheduler:
                 item.future.set_exception(error)
         if self._ready:
             self._wakeup.set()
+
+
+def _engine_items(batch: list[StepItem]) -> list[EngineItem]:
+    return [
+        EngineItem(it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state)
+        for it in batch
+    ]
 
 
 def _replay(cached: StepOutcome, replayed: bool = True) -> StepOutcome:

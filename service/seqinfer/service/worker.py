@@ -21,8 +21,9 @@ T = TypeVar("T")
 
 
 class SerialWorker:
-    def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+    def __init__(self, name: str, initializer: Callable[[], object] | None = None) -> None:
+        """``initializer`` runs first on the thread, e.g. to set per-thread torch threads."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=initializer)
         self._lock = threading.Lock()
         self._pending = 0  # submitted and not finished
 
