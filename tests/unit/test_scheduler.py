@@ -86,13 +86,20 @@ async def test_pipelined_steps_of_one_session_apply_in_order_one_per_batch(harne
     np.testing.assert_allclose(harness.store.slab[:, session.slot], state, atol=1e-5)
 
 
-async def test_many_sessions_share_a_batch(harness):
-    sessions = [harness.store.create(f"s{i}", None)[0] for i in range(20)]
-    items = [harness.item(s, np.ones((1, 8), np.float32)) for s in sessions]
+@pytest.mark.parametrize("inline_max_timesteps", [0, 1])
+async def test_many_sessions_share_a_batch(inline_max_timesteps: int):
+    # With the server's default inline setting too: tiny steps submitted back
+    # to back must still be batched, not each computed alone as it arrives.
+    h = Harness(inline_max_timesteps=inline_max_timesteps)
+    h.scheduler.start()
+    sessions = [h.store.create(f"s{i}", None)[0] for i in range(20)]
+    items = [h.item(s, np.ones((1, 8), np.float32)) for s in sessions]
     for it in items:
-        harness.scheduler.submit(it)
+        h.scheduler.submit(it)
     await asyncio.gather(*(it.future for it in items))
-    assert harness.observer.batches == [20]
+    assert h.observer.batches == [20]
+    await h.scheduler.drain()
+    h.executor.shutdown()
 
 
 async def test_expected_step_applies_replays_and_rejects_gaps(harness):

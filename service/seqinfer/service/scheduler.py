@@ -130,29 +130,7 @@ class Scheduler:
         self._idle.clear()
         if not session.busy and len(session.pending) == 1:
             self._ready.append(session)
-            if self._alone(item):
-                self._run_now()
-            else:
-                self._wakeup.set()
-
-    def _alone(self, item: StepItem) -> bool:
-        """Nothing else to batch with, nothing computing, a tiny step: the loop
-        would run exactly this batch next, so run it now and save the two
-        event-loop turns of waking the scheduler task (light-load latency)."""
-        return (
-            self.in_flight == 0
-            and len(self._ready) == 1
-            and self.max_batch_delay <= 0
-            and item.timesteps <= self.inline_max_timesteps
-            and self._task is not None
-            and self.worker.idle()
-        )
-
-    def _run_now(self) -> None:
-        batch = self._take_batch()
-        if batch:
-            self._execute_inline(batch)
-        self._check_idle()
+            self._wakeup.set()
 
     def fail_pending(self, session: Session, error: SeqinferError) -> None:
         """Fail every queued item of a session that is going away."""
