@@ -1,0 +1,135 @@
+"""Metrics on vs off: the same server, load and model, alternating, median of rounds.
+
+    python -m benchmarks.metrics_overhead --transport stream --sessions 256 --rounds 3
+
+The server runs in this process (metrics on: a real Prometheus exporter on a
+free loopback port; off: no exporter); the load runs in a separate process,
+one StreamSteps stream per session in ping-pong, or StepMany messages of all
+sessions. Prints steps/s per round and the on/off ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+
+from seqinfer.service.config import Settings
+from seqinfer.service.models.builtin import bench_gru
+from seqinfer.service.server import SeqinferServer
+from seqinfer.v1 import seqinfer_pb2 as pb
+
+
+def _request(index: int, start: bool, data: bytes) -> pb.StepRequest:
+    return pb.StepRequest(
+        session_id=f"m{index}",
+        start=start,
+        model="bench-gru",
+        inputs=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1, 64], data=data),
+    )
+
+
+async def _load(address: str, transport: str, sessions: int, seconds: float) -> float:
+    """Steps per second the server answered (the load process's side)."""
+    data = np.random.default_rng(0).random((1, 64), dtype=np.float32).tobytes()
+    async with grpc.aio.insecure_channel(address) as channel:
+        if transport == "many":
+            call = channel.unary_unary("/seqinfer.v1.Seqinfer/StepMany")
+            first = pb.StepManyRequest(steps=[_request(i, True, data) for i in range(sessions)])
+            rest = pb.StepManyRequest(steps=[_request(i, False, data) for i in range(sessions)])
+            await call(first.SerializeToString())
+            payload = rest.SerializeToString()
+            started, steps = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds:
+                await call(payload)
+                steps += sessions
+            return steps / (time.perf_counter() - started)
+        count = [0]
+        started = time.perf_counter()
+
+        async def session(index: int) -> None:
+            call = channel.stream_stream("/seqinfer.v1.Seqinfer/StreamSteps")()
+            await call.write(_request(index, True, data).SerializeToString())
+            await call.read()
+            message = _request(index, False, data).SerializeToString()
+            while time.perf_counter() - started < seconds:
+                await call.write(message)
+                await call.read()
+                count[0] += 1
+            await call.done_writing()
+
+        await asyncio.gather(*(session(i) for i in range(sessions)))
+        return count[0] / (time.perf_counter() - started)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _one_round(transport: str, sessions: int, seconds: float, metrics: bool) -> float:
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=_free_port() if metrics else 0,
+        device="cpu",
+        initial_capacity=max(sessions, 1024),
+    )
+    server = SeqinferServer(settings, [bench_gru()])
+    await server.start()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.metrics_overhead",
+            "--load-only",
+            f"127.0.0.1:{server.port}",
+            "--transport",
+            transport,
+            "--sessions",
+            str(sessions),
+            "--seconds",
+            str(seconds),
+            stdout=subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+        return float(out.decode().strip())
+    finally:
+        await server.stop(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transport", choices=["stream", "many"], default="stream")
+    parser.add_argument("--sessions", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--load-only", metavar="ADDRESS", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load_only:
+        print(asyncio.run(_load(args.load_only, args.transport, args.sessions, args.seconds)))
+        return
+    on: list[float] = []
+    off: list[float] = []
+    for index in range(args.rounds):
+        off.append(asyncio.run(_one_round(args.transport, args.sessions, args.seconds, False)))
+        on.append(asyncio.run(_one_round(args.transport, args.sessions, args.seconds, True)))
+        print(f"round {index}: metrics off {off[-1]:,.0f}, on {on[-1]:,.0f} steps/s", flush=True)
+    ratio = statistics.median(on) / statistics.median(off)
+    print(
+        f"{args.transport} N={args.sessions}: metrics on/off = {ratio:.3f} "
+        f"(medians of {args.rounds}: on {statistics.median(on):,.0f}, "
+        f"off {statistics.median(off):,.0f} steps/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
