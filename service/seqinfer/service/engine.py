@@ -183,13 +183,6 @@ class GRUEngine:
         lengths = [it.inputs.shape[0] for it in items]
         slots = torch.tensor([it.slot for it in items], device=self.device)
         h = slab.index_select(1, slots)  # [L, B, H], a copy
-        if max(lengths) == 1:
-            x = self._embed([it.inputs for it in items])
-            for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
-                x = torch.gru_cell(x, h[k], w_ih, w_hh, b_ih, b_hh)
-                h[k] = x
-            slab.index_copy_(1, slots, h)
-            return list(x.unsqueeze(1).unbind(0))
         # Longest first, so the items still active at timestep t are a prefix.
         order = sorted(range(len(items)), key=lambda i: -lengths[i])
         perm = torch.tensor(order, device=self.device)
