@@ -213,3 +213,89 @@ def status_reason(status: Any) -> tuple[int, str, dict[str, str]]:
     info = error_details_pb2.ErrorInfo()
     status.details[0].Unpack(info)
     return status.code, info.reason, dict(info.metadata)
+
+
+class EngineGate:
+    """Holds every batch of a running server's engines until the test opens it.
+
+    A test that needs work in flight (drain, close during a step, deadlines in
+    the queue) installs the gate, sends the work, waits until the engine has
+    *entered* the batches it expects, acts, then opens the gate. Nothing waits
+    on time: ``wait_entered`` waits for an event and fails after ``timeout``.
+
+    Installing it turns off the scheduler's inline path for the gated
+    runtimes, because a batch held on the event-loop thread would stop the
+    whole server (health, drain, every other RPC) instead of one batch.
+    """
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._changed = threading.Condition()
+        self.batches = 0  # batches that reached the gate
+        self.items = 0  # items in those batches
+        self.sizes: list[int] = []
+
+    def install(self, server: ServerThread, models: tuple[str, ...] = ()) -> EngineGate:
+        """Gate the engines of ``models`` (names; all when empty)."""
+
+        def patch() -> None:
+            for runtime in server.server.runtimes:
+                if models and runtime.spec.name not in models:
+                    continue
+                runtime.scheduler.inline_max_timesteps = 0
+                runtime.engine.run = self._gated(runtime.engine.run)  # type: ignore[method-assign]
+
+        server.run_sync(patch)
+        return self
+
+    def _gated(self, run: Any) -> Any:
+        def gated(slab: Any, items: list[Any]) -> Any:
+            with self._changed:
+                self.batches += 1
+                self.items += len(items)
+                self.sizes.append(len(items))
+                self._changed.notify_all()
+            # Bounded, so a failing test ends instead of hanging its server.
+            self._open.wait(120)
+            return run(slab, items)
+
+        return gated
+
+    def wait_entered(self, batches: int = 1, timeout: float = 60) -> None:
+        """Block until ``batches`` batches have reached the gate in all."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.batches >= batches, timeout):
+                raise AssertionError(f"{self.batches} of {batches} batches reached the gate")
+
+    def open(self) -> None:
+        self._open.set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+
+@contextmanager
+def gated(server: ServerThread, *models: str) -> Iterator[EngineGate]:
+    """An installed gate, opened on exit so the server can always stop."""
+    gate = EngineGate().install(server, models)
+    try:
+        yield gate
+    finally:
+        gate.open()
+
+
+def wait_until(predicate: Any, timeout: float = 60, what: str = "condition") -> None:
+    """Poll a condition the server reaches by itself (a sweep, a queue filling).
+
+    Not a sleep-then-assume: it returns as soon as the condition holds and
+    fails loudly after a generous ``timeout``, so a quiet machine is never
+    too fast for it and a loaded one only makes it slower.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
