@@ -22,7 +22,14 @@ from google.protobuf import timestamp_pb2
 from seqinfer.service import inputs
 from seqinfer.service.config import Settings
 from seqinfer.service.engine import OutputMode
-from seqinfer.service.errors import CapacityFull, Draining, InvalidInput, SeqinferError, TooLarge
+from seqinfer.service.errors import (
+    CapacityFull,
+    Draining,
+    InvalidInput,
+    SeqinferError,
+    SessionExists,
+    TooLarge,
+)
 from seqinfer.service.models.spec import InputKind, OutputKind
 from seqinfer.service.observer import Observer
 from seqinfer.service.router import Router, check_session_id, check_ttl
@@ -289,6 +296,15 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             if step is not None:
                 session.step = step
             return session_to_pb(runtime, session)
+        if request.create and request.model:
+            # The id is another model's session: importing would overwrite it
+            # with a state meant for the named model.
+            named = self.router.model(request.model, request.model_version)
+            if named is not runtime:
+                raise SessionExists(
+                    f"session {request.session_id!r} already exists (model {runtime.key})",
+                    session_id=request.session_id,
+                )
         state = inputs.state_tensor(runtime.spec, request.state, "state")
         await runtime.import_state(session, state, step)
         return session_to_pb(runtime, session)

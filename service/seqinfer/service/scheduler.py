@@ -33,6 +33,7 @@ from seqinfer.service.errors import (
 )
 from seqinfer.service.observer import Observer
 from seqinfer.service.state import Session, SessionStore
+from seqinfer.service.status import internal
 from seqinfer.service.worker import SerialWorker
 
 log = logging.getLogger(__name__)
@@ -247,14 +248,19 @@ class Scheduler:
         while pending:
             item = pending.popleft()
             self.queue_depth -= 1
-            if item.future.done():  # the caller cancelled: nothing applied
-                self.observer.request_rejected(self.model_key, "cancelled")
-                continue
+            # Deadline first: gRPC cancels a call whose deadline passed, so its
+            # future is already done here, yet the cause is the deadline.
             if item.deadline is not None and now >= item.deadline:
                 self.observer.request_rejected(self.model_key, "deadline")
-                item.future.set_exception(
-                    DeadlineExceeded("deadline passed before the step was computed; not applied")
-                )
+                if not item.future.done():
+                    item.future.set_exception(
+                        DeadlineExceeded(
+                            "deadline passed before the step was computed; not applied"
+                        )
+                    )
+                continue
+            if item.future.done():  # the caller cancelled: nothing applied
+                self.observer.request_rejected(self.model_key, "cancelled")
                 continue
             if item.expected_step is not None and item.expected_step != session.step:
                 if (
@@ -325,7 +331,8 @@ class Scheduler:
             self._wakeup.set()
 
     def _fail_batch(self, batch: list[StepItem], exc: Exception) -> None:
-        error = SeqinferError(f"engine failure: {type(exc).__name__}: {exc}")
+        # The log has the details; the caller gets the type only (status.internal).
+        error = internal(exc)
         for item in batch:
             item.session.busy = False
             if item.session.pending and not item.session.closed:
