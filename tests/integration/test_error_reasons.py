@@ -12,6 +12,7 @@ progress while a batch is held, a deadline passes while a batch is held.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -100,6 +101,15 @@ def _queue_depth(server: Any, name: str) -> int:
     return int(server.run_sync(read))
 
 
+def _pending(server: Any, sid: str) -> list[Any]:
+    """A session's queued StepItems (call on the server's loop)."""
+    for runtime in server.server.runtimes:
+        session = runtime.store.sessions.get(sid)
+        if session is not None:
+            return list(session.pending or ())
+    raise KeyError(sid)
+
+
 # ------------------------------------------------------------ QUEUE_FULL --
 
 
@@ -151,15 +161,22 @@ def test_deadline_passed_in_the_queue_is_rejected_by_the_server_and_applies_noth
             held = api.Step.future(pb.StepRequest(session_id="busy", inputs=ONE))
             gate.wait_entered(1)
             late = pb.StepRequest(session_id="late", inputs=ONE)
-            for call in (
-                lambda: api.Step(late, timeout=0.2),
-                lambda: list(api.StreamSteps(iter([late]), timeout=0.2)),
-                lambda: api.StepMany(pb.StepManyRequest(steps=[late]), timeout=0.2),
-            ):
+            # All three in flight at once, so the test waits for one deadline only.
+            calls = [
+                api.Step.future(late, timeout=1.0),
+                api.StreamSteps(iter([late]), timeout=1.0),
+                api.StepMany.future(pb.StepManyRequest(steps=[late]), timeout=1.0),
+            ]
+            wait_until(lambda: _queue_depth(server, "m") == 3, what="the late items queued")
+            for call in calls:
                 with pytest.raises(grpc.RpcError) as info:
-                    call()
+                    call.result() if hasattr(call, "result") else list(call)
                 assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert _queue_depth(server, "m") == 3  # still queued behind the held batch
+            # The client's timer fires a little before the server's (which started
+            # when the call arrived): let the server's own deadlines pass too.
+            last = max(server.run_sync(lambda: [i.deadline for i in _pending(server, "late")]))
+            wait_until(lambda: time.monotonic() > last, what="the server's deadlines")
             gate.open()
             assert held.result(60).step == 1
             wait_until(lambda: _queue_depth(server, "m") == 0, what="the late items admitted")
