@@ -302,10 +302,10 @@ def test_stream_break_after_lost_replies_reports_reply_lost_and_applies_once():
         state, info = client.export_state("s")
     assert first.step == 1 and not first.replayed
     assert [type(o) for o in outcomes[:2]] == [ReplyLost, ReplyLost]
-    assert all(o.current_step == 4 for o in outcomes[:2])  # type: ignore[union-attr]
+    assert all(o.current_step == 4 for o in outcomes[:2])
     replayed = outcomes[2]
-    assert replayed.replayed and replayed.step == 4  # type: ignore[union-attr]
-    np.testing.assert_allclose(replayed.outputs, want[3], atol=1e-5, rtol=0)  # type: ignore[union-attr]
+    assert replayed.replayed and replayed.step == 4
+    np.testing.assert_allclose(replayed.outputs, want[3], atol=1e-5, rtol=0)
     assert last.step == 5 and session.step_count == 5
     np.testing.assert_allclose(last.outputs, want[4], atol=1e-5, rtol=0)
     assert info.step == 5
