@@ -163,9 +163,9 @@ def test_deadline_passed_in_the_queue_is_rejected_by_the_server_and_applies_noth
             late = pb.StepRequest(session_id="late", inputs=ONE)
             # All three in flight at once, so the test waits for one deadline only.
             calls = [
-                api.Step.future(late, timeout=1.0),
-                api.StreamSteps(iter([late]), timeout=1.0),
-                api.StepMany.future(pb.StepManyRequest(steps=[late]), timeout=1.0),
+                api.Step.future(late, timeout=3.0),
+                api.StreamSteps(iter([late]), timeout=3.0),
+                api.StepMany.future(pb.StepManyRequest(steps=[late]), timeout=3.0),
             ]
             wait_until(lambda: _queue_depth(server, "m") == 3, what="the late items queued")
             for call in calls:

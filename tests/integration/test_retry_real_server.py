@@ -216,7 +216,7 @@ def test_reply_of_a_request_in_the_engine_at_its_deadline_serves_the_retry():
         api.OpenSession(pb.OpenSessionRequest(model="r", session_id="s"))
         with gated(server) as gate:
             # Generous: it only has to reach the engine before the client gives up.
-            call = api.Step.future(request, timeout=2.0)
+            call = api.Step.future(request, timeout=4.0)
             gate.wait_entered(1)
             with pytest.raises(grpc.RpcError) as info:
                 call.result()
