@@ -202,6 +202,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INTERNAL: a server fault (never caused by the caller)."""
     CANCELLED_BY_CLIENT: _ErrorReason.ValueType  # 14
     """CANCELLED: the caller cancelled; nothing was applied."""
+    STEP_LIMIT: _ErrorReason.ValueType  # 15
+    """FAILED_PRECONDITION: the step would take the session's step counter past
+    its maximum, 2^53 - 1; nothing was applied. Reset the session (`reset`)
+    or import a smaller step. Metadata: "current_step", "max_step".
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """------------------------------------------------------------------ errors --
@@ -244,6 +249,11 @@ INTERNAL_ERROR: ErrorReason.ValueType  # 13
 """INTERNAL: a server fault (never caused by the caller)."""
 CANCELLED_BY_CLIENT: ErrorReason.ValueType  # 14
 """CANCELLED: the caller cancelled; nothing was applied."""
+STEP_LIMIT: ErrorReason.ValueType  # 15
+"""FAILED_PRECONDITION: the step would take the session's step counter past
+its maximum, 2^53 - 1; nothing was applied. Reset the session (`reset`)
+or import a smaller step. Metadata: "current_step", "max_step".
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -638,7 +648,7 @@ class ImportStateRequest(_message.Message):
     model_version: _builtins.str
     step: _builtins.int
     """Sets the session's step counter (e.g. the exported one, so that
-    expected_step keeps working across a migration).
+    expected_step keeps working across a migration); at most 2^53 - 1.
     """
     @_builtins.property
     def state(self) -> Global___Tensor:
@@ -683,11 +693,12 @@ class StepRequest(_message.Message):
     session_id: _builtins.str
     request_id: _builtins.str
     """Client's id for this request, echoed in the reply. Required for a safe
-    retry with expected_step.
+    retry with expected_step. At most max_request_id_bytes (default 128).
     """
     expected_step: _builtins.int
     """The step counter the client believes the session has before this
-    request. Equal to the current counter: applied. Equal to the counter
+    request; at most 2^53 - 1 (a larger value is INVALID_ARGUMENT).
+    Equal to the current counter: applied. Equal to the counter
     before the session's last applied request with the same request_id:
     that request's reply again, not applied twice. Otherwise
     FAILED_PRECONDITION / STEP_GAP with metadata "current_step".

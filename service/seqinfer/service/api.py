@@ -3,8 +3,9 @@
 Each handler converts the request (``*_from_pb``), calls the router /
 runtime, and converts the result (``*_to_pb``). Errors are domain
 exceptions; ``_handle`` turns them into a status with ErrorInfo for unary
-calls, and ``_result_error`` into a per-item ``StepResult.error`` for
-streams and StepMany, both through ``status.py``.
+calls, and ``results.ResultBuilder`` into a per-item ``StepResult.error`` for
+streams and StepMany, both through ``status.py``. Requests that could not be
+decoded arrive as ``wire.Undecodable`` and are refused like any bad request.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from seqinfer.service import inputs
+from seqinfer.service import inputs, replies
+from seqinfer.service.bounds import check_request_id, check_step, check_ttl
 from seqinfer.service.config import Settings
-from seqinfer.service.engine import OutputMode
 from seqinfer.service.errors import (
     CapacityFull,
     Draining,
@@ -32,24 +33,20 @@ from seqinfer.service.errors import (
 )
 from seqinfer.service.models.spec import InputKind, OutputKind
 from seqinfer.service.observer import Observer
-from seqinfer.service.router import Router, check_session_id, check_ttl
+from seqinfer.service.results import ResultBuilder, fill_response
+from seqinfer.service.router import Router, check_session_id
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.scheduler import StepItem, StepOutcome
 from seqinfer.service.state import Session
-from seqinfer.service.status import internal, to_grpc_status, to_status_proto
-from seqinfer.service.tensors import PROTO_DTYPES, encode, fill_tensor
+from seqinfer.service.status import internal, to_grpc_status
+from seqinfer.service.tensors import PROTO_DTYPES, encode
+from seqinfer.service.wire import Undecodable
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
-_OUTPUT_MODES = {
-    pb.OUTPUT_MODE_UNSPECIFIED: OutputMode.LAST,
-    pb.OUTPUT_MODE_LAST: OutputMode.LAST,
-    pb.OUTPUT_MODE_ALL: OutputMode.ALL,
-    pb.OUTPUT_MODE_NONE: OutputMode.NONE,
-}
 _REJECTIONS: dict[type[SeqinferError], str] = {CapacityFull: "capacity", Draining: "draining"}
 _INPUT_KINDS = {InputKind.TOKENS: pb.INPUT_KIND_TOKENS, InputKind.DENSE: pb.INPUT_KIND_DENSE}
 _OUTPUT_KINDS = {
@@ -116,39 +113,6 @@ def session_to_pb(runtime: ModelRuntime, session: Session) -> pb.SessionInfo:
     )
 
 
-def fill_response(response: pb.StepResponse, outcome: StepOutcome) -> pb.StepResponse:
-    """Write an outcome into a (sub)message in place: building a StepResponse and
-    copying it into a StepResult costs twice as much, per reply."""
-    response.session_id = outcome.session_id
-    response.request_id = outcome.request_id
-    response.step = outcome.step
-    response.created = outcome.created
-    response.closed = outcome.closed
-    response.replayed = outcome.replayed
-    if outcome.outputs is not None:
-        fill_tensor(response.outputs, outcome.outputs)
-    if outcome.state is not None:
-        fill_tensor(response.state, outcome.state)
-    return response
-
-
-def result_to_pb(outcome: StepOutcome) -> pb.StepResult:
-    result = pb.StepResult(session_id=outcome.session_id, request_id=outcome.request_id)
-    fill_response(result.response, outcome)
-    return result
-
-
-def _result_error(request: pb.StepRequest, error: BaseException) -> pb.StepResult:
-    if not isinstance(error, SeqinferError):
-        log.error("step failed", exc_info=error)
-        error = internal(error)
-    return pb.StepResult(
-        session_id=request.session_id,
-        request_id=request.request_id,
-        error=to_status_proto(error),
-    )
-
-
 def _optional_ttl(message: Any, field: str = "idle_ttl_seconds") -> float | None:
     return check_ttl(getattr(message, field), field) if message.HasField(field) else None
 
@@ -171,6 +135,8 @@ def _handle(
             started = time.perf_counter()
             code = "OK"
             try:
+                if type(request) is Undecodable:
+                    raise request.error()
                 return await fn(self, request, context)
             except SeqinferError as error:
                 code = error.code.name
@@ -208,6 +174,11 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         self.settings = settings
         self.observer = observer
         self.lifecycle = lifecycle
+        self.results = ResultBuilder(
+            settings.max_message_bytes, settings.max_session_id_bytes, settings.max_request_id_bytes
+        )
+        self._reply_shapes = {r.key: replies.reply_shape(r.spec) for r in router.runtimes}
+        self._step_many_bound = replies.MessageBound.of(r.spec for r in router.runtimes)
 
     # ------------------------------------------------------------ models --
 
@@ -225,8 +196,21 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
 
     def _check_id(
         self, session_id: str, field: str = "session_id", *, required: bool = True
-    ) -> None:
-        check_session_id(session_id, field, self.settings.max_session_id_bytes, required=required)
+    ) -> int:
+        return check_session_id(
+            session_id, field, self.settings.max_session_id_bytes, required=required
+        )
+
+    def _check_reply(self, size: int, what: str) -> None:
+        limit = self.settings.max_message_bytes
+        if size > limit:
+            raise TooLarge(
+                "reply",
+                f"{what} would be up to {size} bytes, over max_message_bytes = {limit}; "
+                "nothing was applied",
+                reply_bytes=size,
+                max_message_bytes=limit,
+            )
 
     @_handle("OpenSession")
     async def OpenSession(self, request: pb.OpenSessionRequest, context: Any) -> pb.SessionInfo:
@@ -273,8 +257,9 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
     async def ExportState(
         self, request: pb.ExportStateRequest, context: Any
     ) -> pb.ExportStateResponse:
-        self._check_id(request.session_id)
+        id_bytes = self._check_id(request.session_id)
         runtime, session = self.router.find(request.session_id)
+        self._check_reply(replies.export_bytes(runtime.spec, id_bytes), "the exported state")
         state = await runtime.export_state(session)
         return pb.ExportStateResponse(session=session_to_pb(runtime, session), state=encode(state))
 
@@ -284,7 +269,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         self._check_id(request.session_id)
         if not request.HasField("state"):
             raise InvalidInput("state", "is required")
-        step = request.step if request.HasField("step") else None
+        step = check_step(request.step, "step") if request.HasField("step") else None
         try:
             runtime, session = self.router.find(request.session_id)
         except SeqinferError:
@@ -316,7 +301,12 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         item = self._submit_now(request, deadline)
         while item is None:
             # Creating its session needs a bigger slab; grow (off-thread), retry.
-            await self.router.model(request.model, request.model_version).ensure_free_slot()
+            runtime = self.router.model(request.model, request.model_version)
+            try:
+                await runtime.ensure_free_slot()
+            except Exception as exc:  # e.g. out of memory: ours, reported as this item's error
+                log.exception("could not grow the slab of %s", runtime.key)
+                raise internal(exc) from exc
             item = self._submit_now(request, deadline)
         return item
 
@@ -324,29 +314,42 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         """``_submit`` without awaiting: None when a new session must wait for slab growth.
 
         The hot path: a coroutine per request would cost more than the checks.
+        Raises only SeqinferError: a fault of ours becomes INTERNAL for this
+        request alone, so a stream or StepMany still answers it.
         """
-        self._check_id(request.session_id, required=not request.start)
-        runtime: ModelRuntime
-        session: Session | None = None
-        if request.session_id:
-            for candidate in self.router.runtimes:
-                session = candidate.store.sessions.get(request.session_id)
-                if session is not None:
-                    runtime = candidate
-                    break
-        if session is None:
-            if not request.start:
-                raise self.router.missing(request.session_id)
-            runtime = self.router.model(request.model, request.model_version)
+        if type(request) is Undecodable:
+            raise request.error()
         try:
-            self.lifecycle.check()
-            return self._enqueue(runtime, session, request, deadline)
-        except SeqinferError as error:
-            # QUEUE_FULL is counted by the scheduler, which knows it as backpressure.
-            reason = "invalid" if isinstance(error, InvalidInput) else _REJECTIONS.get(type(error))
-            if reason is not None:
-                self.observer.request_rejected(runtime.key, reason)
+            id_bytes = self._check_id(request.session_id, required=not request.start)
+            id_bytes += check_request_id(request.request_id, self.settings.max_request_id_bytes)
+            runtime: ModelRuntime
+            session: Session | None = None
+            if request.session_id:
+                for candidate in self.router.runtimes:
+                    session = candidate.store.sessions.get(request.session_id)
+                    if session is not None:
+                        runtime = candidate
+                        break
+            if session is None:
+                if not request.start:
+                    raise self.router.missing(request.session_id)
+                runtime = self.router.model(request.model, request.model_version)
+            try:
+                self.lifecycle.check()
+                return self._enqueue(runtime, session, request, deadline, id_bytes)
+            except SeqinferError as error:
+                # QUEUE_FULL is counted by the scheduler, which knows it as backpressure.
+                reason = (
+                    "invalid" if isinstance(error, InvalidInput) else _REJECTIONS.get(type(error))
+                )
+                if reason is not None:
+                    self.observer.request_rejected(runtime.key, reason)
+                raise
+        except SeqinferError:
             raise
+        except Exception as exc:
+            log.exception("could not accept a step request")
+            raise internal(exc) from exc
 
     def _enqueue(
         self,
@@ -354,6 +357,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         session: Session | None,
         request: pb.StepRequest,
         deadline: float | None,
+        id_bytes: int,
     ) -> StepItem | None:
         values = inputs.step_inputs(
             runtime.spec,
@@ -361,9 +365,21 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             max_timesteps=self.settings.max_timesteps,
             allow_non_finite=self.settings.allow_non_finite_inputs,
         )
-        output_mode = _OUTPUT_MODES.get(request.output_mode)
+        output_mode = inputs.OUTPUT_MODES.get(request.output_mode)
         if output_mode is None:
             raise InvalidInput("output_mode", f"unknown value {request.output_mode}")
+        expected_step = None
+        if request.HasField("expected_step"):
+            expected_step = check_step(request.expected_step, "expected_step")
+        reply = replies.result_bytes(
+            self._reply_shapes[runtime.key],
+            len(values),
+            output_mode,
+            request.return_state,
+            id_bytes,
+        )
+        if reply > self.settings.max_message_bytes:
+            self._check_reply(reply, f"the reply ({output_mode.name} outputs of T = {len(values)})")
         created = False
         if session is None:
             ttl = _optional_ttl(request)
@@ -376,7 +392,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             values,
             self._loop.create_future(),
             request.request_id,
-            request.expected_step if request.HasField("expected_step") else None,
+            expected_step,
             request.reset,
             request.end,
             output_mode,
@@ -399,20 +415,35 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
     @_handle("Step")
     async def Step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
         item = await self._submit(request, self._deadline(context))
-        return fill_response(pb.StepResponse(), await item.future)
+        outcome = await item.future
+        response = fill_response(pb.StepResponse(), outcome)
+        if outcome.replayed:  # the original may have asked for more outputs than this retry
+            self._check_reply(response.ByteSize(), "the cached reply of this retried request")
+        return response
 
     @_handle("StepMany")
     async def StepMany(self, request: pb.StepManyRequest, context: Any) -> pb.StepManyResponse:
-        if len(request.steps) > self.settings.max_step_many:
+        steps = request.steps
+        if len(steps) > self.settings.max_step_many:
             raise TooLarge(
                 "steps",
-                f"{len(request.steps)} steps in one message; the limit is "
-                f"{self.settings.max_step_many}",
+                f"{len(steps)} steps in one message; the limit is {self.settings.max_step_many}",
             )
+        if not steps:
+            return pb.StepManyResponse()
+        # The reply holds every result: refuse, before anything is applied, a
+        # message whose results could not all be sent.
+        if self._step_many_bound.reply_bytes(len(steps), request.ByteSize()) > (
+            self.settings.max_message_bytes
+        ):
+            estimates = replies.step_many_estimates(
+                steps, self.router, self._reply_shapes, self.settings
+            )
+            self._check_reply(sum(estimates), f"the results of these {len(steps)} steps")
         deadline = self._deadline(context)
         loop = self._loop
         futures: list[asyncio.Future[StepOutcome]] = []
-        for step in request.steps:
+        for step in steps:
             try:
                 item = self._submit_now(step, deadline) or await self._submit(step, deadline)
                 futures.append(item.future)
@@ -426,17 +457,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             for future in futures:
                 future.cancel()  # queued ones are skipped, never applied
             raise
-        response = pb.StepManyResponse()
-        results = response.results
-        for step, future in zip(request.steps, futures):
-            failure = future.exception()
-            if failure is None:
-                outcome = future.result()
-                result = results.add(session_id=outcome.session_id, request_id=outcome.request_id)
-                fill_response(result.response, outcome)
-            else:
-                results.append(_result_error(step, failure))
-        return response
+        return self.results.step_many(steps, futures)
 
     async def StreamSteps(
         self, request_iterator: AsyncIterator[pb.StepRequest], context: Any
@@ -520,12 +541,7 @@ class _StepStream:
                 del self.latest[key]
             if future.cancelled():
                 return
-            error = future.exception()
-            if error is None:
-                result = result_to_pb(future.result())
-            else:
-                result = _result_error(request, error)
-            self.results.put_nowait(result)
+            self.results.put_nowait(self.servicer.results.step_result(request, future))
             if not self.reading and not self.outstanding:
                 self.results.put_nowait(None)
 

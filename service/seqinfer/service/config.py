@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection (for grpcurl).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    max_request_id_bytes: int = Field(
+        128, ge=1, description="Longest accepted request id (echoed in replies, kept per session)."
+    )
 
     @field_validator("device")
     @classmethod

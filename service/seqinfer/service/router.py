@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import re
 
-from seqinfer.service.errors import InvalidInput, ModelNotFound, SessionExists, SessionNotFound
+from seqinfer.service.bounds import utf8_size
+from seqinfer.service.errors import (
+    InvalidInput,
+    ModelNotFound,
+    SessionExists,
+    SessionNotFound,
+    echo,
+)
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.state import Session
 
@@ -33,7 +40,7 @@ class Router:
         versions = self._by_name.get(name or self.default_model)
         if not versions:
             raise ModelNotFound(
-                f"no model named {name!r}; served: {', '.join(sorted(self._by_name))}",
+                f"no model named {echo(name)}; served: {', '.join(sorted(self._by_name))}",
                 model=name,
             )
         if not version:
@@ -42,7 +49,7 @@ class Router:
             if runtime.spec.version == version:
                 return runtime
         raise ModelNotFound(
-            f"model {name!r} has no version {version!r}; served: "
+            f"model {echo(name)} has no version {echo(version)}; served: "
             f"{', '.join(r.spec.version for r in versions)}",
             model=name,
             version=version,
@@ -61,30 +68,26 @@ class Router:
             error = runtime.store.missing(session_id)
             if type(error) is not SessionNotFound:
                 return error
-        return SessionNotFound(f"session {session_id!r} not found", session_id=session_id)
+        return SessionNotFound(f"session {echo(session_id)} not found", session_id=session_id)
 
     def ensure_unused(self, session_id: str) -> None:
         for runtime in self.runtimes:
             if session_id in runtime.store:
                 raise SessionExists(
-                    f"session {session_id!r} already exists (model {runtime.key})",
+                    f"session {echo(session_id)} already exists (model {runtime.key})",
                     session_id=session_id,
                 )
 
 
-def check_session_id(session_id: str, field: str, max_bytes: int, *, required: bool) -> None:
+def check_session_id(session_id: str, field: str, max_bytes: int, *, required: bool) -> int:
+    """The id's size in bytes (0 when absent and not required)."""
     if not session_id:
         if required:
             raise InvalidInput(field, "is required")
-        return
-    size = len(session_id.encode())
+        return 0
+    size = utf8_size(session_id)
     if size > max_bytes:
         raise InvalidInput(field, f"is {size} bytes; the limit is {max_bytes}")
     if not session_id.isprintable():
         raise InvalidInput(field, "must be printable text (no control characters)")
-
-
-def check_ttl(value: float, field: str) -> float:
-    if not value >= 0 or value == float("inf"):  # also rejects NaN
-        raise InvalidInput(field, f"must be a finite number >= 0, got {value}")
-    return value
+    return size

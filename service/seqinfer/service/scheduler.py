@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from seqinfer.service.bounds import MAX_STEP
 from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine, OutputMode
 from seqinfer.service.errors import (
     DeadlineExceeded,
@@ -30,6 +31,8 @@ from seqinfer.service.errors import (
     QueueFull,
     SeqinferError,
     StepGap,
+    StepLimit,
+    echo,
 )
 from seqinfer.service.observer import Observer
 from seqinfer.service.state import Session, SessionStore
@@ -278,6 +281,19 @@ class Scheduler:
                         f"expected_step {item.expected_step} but session "
                         f"{session.session_id!r} is at step {session.step}",
                         current_step=session.step,
+                    )
+                )
+                continue
+            if not item.reset and session.step + item.timesteps > MAX_STEP:
+                # Checked here, against the exact counter, so it can never overflow.
+                self.observer.request_rejected(self.model_key, "invalid")
+                item.future.set_exception(
+                    StepLimit(
+                        f"T = {item.timesteps} would take the step counter of session "
+                        f"{echo(session.session_id)} from {session.step} past its maximum "
+                        f"{MAX_STEP}; not applied (reset the session to go on)",
+                        current_step=session.step,
+                        max_step=MAX_STEP,
                     )
                 )
                 continue

@@ -19,8 +19,8 @@ from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
 from seqinfer.service.router import Router
 from seqinfer.service.runtime import ModelRuntime
+from seqinfer.service.wire import add_servicer
 from seqinfer.v1 import seqinfer_pb2 as pb
-from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Seqinfer"].full_name
@@ -115,9 +115,7 @@ class SeqinferServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_SeqinferServicer_to_server(
-            SeqinferServicer(self.router, settings, self.observer, self.lifecycle), server
-        )
+        add_servicer(SeqinferServicer(self.router, settings, self.observer, self.lifecycle), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.reflection:

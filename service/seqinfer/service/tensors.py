@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-from seqinfer.service.errors import InvalidInput
+from seqinfer.service.errors import InvalidInput, echo
 from seqinfer.v1 import seqinfer_pb2 as pb
 
 # The wire format is little-endian; decoding with frombuffer is only a
@@ -47,14 +47,18 @@ def decode(tensor: pb.Tensor, field: str) -> torch.Tensor:
         raise InvalidInput(f"{field}.dtype", f"unsupported dtype {dtype_name(tensor.dtype)}")
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}.shape", f"negative dimension in {shape}")
+        raise InvalidInput(f"{field}.shape", f"negative dimension in {echo(shape)}")
     count = math.prod(shape)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    if len(tensor.data) != count * itemsize:
+    expected = count * itemsize
+    if len(tensor.data) != expected:
+        # A shape of many large dims makes a number too long to print (Python
+        # refuses str() of ints over 4300 digits).
+        size = f"{expected} bytes" if expected < 2**64 else "over 2^64 bytes"
         raise InvalidInput(
             f"{field}.data",
-            f"{len(tensor.data)} bytes do not hold shape {shape} of "
-            f"{dtype_name(tensor.dtype)} ({count * itemsize} bytes expected)",
+            f"{len(tensor.data)} bytes do not hold shape {echo(shape)} of "
+            f"{dtype_name(tensor.dtype)} ({size} expected)",
         )
     if count == 0:
         return torch.empty(shape, dtype=dtype)
