@@ -62,9 +62,13 @@ def _array_tensor(values: list[Any], dtype: str, shape: list[int]) -> pb.Tensor:
 
 
 @st.composite
-def dense_tensors(draw: st.DrawFn, rows: tuple[int, ...] = (FEATURES,)) -> pb.Tensor:
+def dense_tensors(
+    draw: st.DrawFn,
+    rows: tuple[int, ...] = (FEATURES,),
+    steps: tuple[int, ...] = (1, 2, 3, 0, 100, 101),
+) -> pb.Tensor:
     """[T, *rows] floats (or one row), values from the float edges, in a float wire dtype."""
-    t = draw(st.sampled_from([1, 1, 2, 3, 0, 100, 101]))
+    t = draw(st.sampled_from(steps))
     shape = [t, *rows] if draw(st.booleans()) or t != 1 else list(rows)
     count = int(np.prod(shape))
     fill = draw(st.one_of(st.just(0.5), doubles))
@@ -273,23 +277,32 @@ stub_stream_requests = st.lists(st.one_of(good_steps(), step_requests()), min_si
 # --------------------------------------------------- counters at the edge --
 
 
-def _inputs_for(model: str, t: int) -> pb.Tensor:
+@st.composite
+def session_inputs(draw: st.DrawFn, model: str) -> pb.Tensor:
+    """Inputs of the right shape for ``model``: mostly plain, else with edge values in them."""
+    t = draw(st.integers(1, 3))
     if model == "tok":
-        return _array_tensor([1] * t, "<i8", [t])
-    return dense_tensors_ok(t)
+        ids = draw(
+            st.lists(st.one_of(st.just(1), st.sampled_from(I64_EDGES)), min_size=t, max_size=t)
+        )
+        return _array_tensor(ids, draw(st.sampled_from(["<i8", "<i4"])), [t])
+    if draw(st.integers(0, 2)) == 0:
+        return dense_tensors_ok(t)
+    return draw(dense_tensors(steps=(1, 2, 3)))
 
 
 @st.composite
-def edge_counter_scenarios(draw: st.DrawFn) -> list[tuple[str, Any]]:
-    """A session imported with a step counter near 2^64, then every kind of call on it.
+def session_scenarios(draw: st.DrawFn) -> list[tuple[str, Any]]:
+    """A valid session (imported, often with a step counter near 2^64), then every kind
+    of call on it, with inputs of the right shape whose values sit at the edges.
 
-    Single messages rarely line up a valid import with a later valid step on
-    the same session, so this draws the sequence itself: (method, message)
-    pairs, where a StreamSteps entry is a list of StepRequests.
+    Single messages rarely line up a valid session with a later valid step on
+    it, so this draws the sequence itself: (method, message) pairs, where a
+    StreamSteps entry is a list of StepRequests.
     """
     sid = draw(st.sampled_from(["e0", "e1", "e2"]))
     model = draw(st.sampled_from(["tiny", "tok"]))
-    start = draw(st.one_of(st.sampled_from(U64_EDGES[-4:]), u64))
+    start = draw(st.one_of(st.just(0), st.sampled_from(U64_EDGES[-4:]), u64))
     state = _array_tensor([0.1] * (STATE_SHAPE[0] * STATE_SHAPE[1]), "<f4", list(STATE_SHAPE))
     calls: list[tuple[str, Any]] = [
         ("ImportState", pb.ImportStateRequest(session_id=sid, state=state, create=True,
@@ -301,7 +314,7 @@ def edge_counter_scenarios(draw: st.DrawFn) -> list[tuple[str, Any]]:
         return _build(
             pb.StepRequest,
             session_id=sid,
-            inputs=_inputs_for(model, draw(st.integers(1, 3))),
+            inputs=draw(session_inputs(model)),
             expected_step=None if expected is None else expected % 2**64,
             output_mode=draw(st.integers(0, 3)),
             return_state=draw(st.booleans()),
@@ -322,8 +335,10 @@ def edge_counter_scenarios(draw: st.DrawFn) -> list[tuple[str, Any]]:
             calls.append(
                 (kind, pb.ForkSessionRequest(session_id=sid, new_session_id=f"{sid}-fork"))
             )
-            calls.append(("Step", _build(pb.StepRequest, session_id=f"{sid}-fork",
-                                         inputs=_inputs_for(model, 1), end=True)))  # fmt: skip
+            fork_step = pb.StepRequest(
+                session_id=f"{sid}-fork", inputs=draw(session_inputs(model)), end=True
+            )
+            calls.append(("Step", fork_step))
         else:
             calls.append((kind, getattr(pb, f"{kind}Request")(session_id=sid)))
     return calls

@@ -9,7 +9,8 @@ The contract under test, for every call a client can make:
   one exception is gRPC's own refusal of a message past max_message_bytes;
 - every stream call ends (a client deadline firing means it hung), and one
   that ends OK has answered every request it was sent;
-- a reply that says OK decodes as the method's response message;
+- a reply that says OK decodes as the method's response message, and the
+  outputs and states it carries are finite (the models are);
 - afterwards the server still serves, and a control session none of the
   inputs names has the same step counter and bit-identical state.
 
@@ -47,10 +48,16 @@ from hypothesis import strategies as st
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 from tests.integration import fuzz_inputs as fi
-from tests.support import ServerThread, make_model, running_server, to_tensor
+from tests.support import ServerThread, from_tensor, make_model, running_server, to_tensor
 
 LONG = os.environ.get("SEQINFER_FUZZ") == "long"
-EXAMPLES = {"raw_unary": 1200, "raw_stream": 400, "fields": 1200, "stub_stream": 300, "edges": 300}
+EXAMPLES = {
+    "raw_unary": 1200,
+    "raw_stream": 400,
+    "fields": 1200,
+    "stub_stream": 300,
+    "sessions": 500,
+}
 settings.register_profile(
     "seqinfer-ci",
     deadline=None,
@@ -128,6 +135,7 @@ class Fuzz:
                     )
             elif result.HasField("response"):
                 self.counts["item OK"] += 1
+                self.finite(f"{method} item", result.response, given)
             else:
                 self.violate(f"{method} item", "EMPTY RESULT", "", given)
 
@@ -148,6 +156,18 @@ class Fuzz:
             return
         if method == "StepMany":
             self.results(method, list(decoded.results), given)
+        elif method in ("Step", "ExportState"):
+            self.finite(method, decoded, given)
+
+    def finite(self, method: str, reply: Any, given: Any) -> None:
+        """An accepted step never hands back NaN/Inf: the models are finite, so such a
+        value means non-finite input got past the check (e.g. float64 beyond float32)."""
+        for name in ("outputs", "state"):
+            if name not in reply.DESCRIPTOR.fields_by_name:
+                continue
+            tensor = getattr(reply, name)
+            if tensor.data and not np.isfinite(from_tensor(tensor)).all():
+                self.violate(method, f"NON-FINITE {name}", "", given)
 
     def stream(self, group: str, frames: list[bytes], given: Any) -> None:
         call = self.channel.stream_stream("/seqinfer.v1.Seqinfer/StreamSteps")
@@ -294,15 +314,16 @@ def test_edge_values_on_a_stream(fuzz: Fuzz) -> None:
     fuzz.check()
 
 
-def test_counters_at_the_edge_of_uint64(fuzz: Fuzz) -> None:
-    @_fuzz("edges")
-    @given(fi.edge_counter_scenarios())
+def test_sessions_with_edge_counters_and_values(fuzz: Fuzz) -> None:
+    @_fuzz("sessions")
+    @given(fi.session_scenarios())
     def prop(calls: list[tuple[str, Any]]) -> None:
-        for method, message in calls:
+        for i, (method, message) in enumerate(calls):
+            given = [calls[i], "after", *calls[:i]]  # the failing call first
             if method == fi.STREAM:
-                fuzz.stream("edges-stream", [r.SerializeToString() for r in message], calls)
+                fuzz.stream("sessions-stream", [r.SerializeToString() for r in message], given)
             else:
-                fuzz.unary("edges", method, message.SerializeToString(), calls)
+                fuzz.unary("sessions", method, message.SerializeToString(), given)
 
     prop()
     fuzz.check()
