@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # that depends on torch, or pip resolves a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: serve test install proto lint docker-e2e
+.PHONY: serve test fuzz install proto lint docker-e2e
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ serve: $(BIN)/.installed
 test: $(BIN)/.installed
 	bash scripts/test-services.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite runs the fuzz test for about a minute with a fixed seed; this runs
+# it 20 times longer (FUZZ_SCALE) with a fresh seed, printed with the outcome
+# counts; FUZZ_SEED=N repeats a run.
+FUZZ_SCALE ?= 20
+fuzz: $(BIN)/.installed
+	SEQINFER_FUZZ=long SEQINFER_FUZZ_SCALE=$(FUZZ_SCALE) SEQINFER_FUZZ_SEED=$(FUZZ_SEED) \
+	  $(BIN)/python -m pytest tests/integration/test_fuzz.py --timeout=0 $(PYTEST_ARGS)
 
 proto: $(BIN)/.installed
 	PYTHON=$(BIN)/python PATH=$(abspath $(BIN)):$$PATH scripts/gen_proto.sh

@@ -293,7 +293,7 @@ def cli(server: Any) -> Any:
 
 
 def test_cli_session_lifecycle_and_steps(cli: Any, tmp_path: Path) -> None:
-    result = cli("models")
+    result = cli("models", "--output", "json")
     assert result.exit_code == 0, result.output
     assert "bench-gru" in {m["name"] for m in json.loads(result.stdout)}
 

@@ -10,10 +10,11 @@ import typer
 from typer.testing import CliRunner
 
 from seqinfer.cli import client_cmds
+from seqinfer.cli.common import TYPER_SETTINGS
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
+    app = typer.Typer(**TYPER_SETTINGS)  # as seqinfer.cli.main builds it
     client_cmds.register(app)
     return app
 

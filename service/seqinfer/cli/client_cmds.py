@@ -1,10 +1,11 @@
 """Client commands: `seqinfer models`, `seqinfer session ...`, `seqinfer step`.
 
-They talk to a running server through :mod:`seqinfer.client`, print JSON on
-stdout, and on failure print ``error: REASON: message`` on stderr and exit
-non-zero (1: the server refused, 2: the command line or the inputs are
-wrong). Nothing here imports torch, so these commands start fast and work
-from a client-only install.
+They talk to a running server through :mod:`seqinfer.client`. `models` prints
+a table (``--output json`` for scripts); the others print JSON on stdout. On
+failure they print ``error: REASON: message`` on stderr and exit non-zero
+(1: the server refused, 2: the command line or the inputs are wrong).
+Nothing here imports torch, so these commands start fast and work from a
+client-only install.
 """
 
 from __future__ import annotations
@@ -21,27 +22,22 @@ from typing import Annotated, Any, NoReturn
 import numpy as np
 import typer
 
-from seqinfer.client import Client, SeqinferError, TensorError
+from seqinfer.cli.common import (
+    TYPER_SETTINGS,
+    AddressOpt,
+    OutputFormat,
+    OutputOpt,
+    TimeoutOpt,
+    format_table,
+    print_json,
+)
+from seqinfer.client import Client, ModelInfo, SeqinferError, TensorError
 from seqinfer.client.messages import OutputMode
-from seqinfer.client.options import ADDRESS_ENV, DEFAULT_ADDRESS
+from seqinfer.client.options import DEFAULT_ADDRESS
 from seqinfer.client.tensors import prepare_inputs
 
 EXIT_SERVER = 1
 EXIT_USAGE = 2
-
-AddressOpt = Annotated[
-    str,
-    typer.Option(
-        "--address",
-        "-a",
-        envvar=ADDRESS_ENV,
-        show_envvar=True,
-        help="host:port of the seqinfer server.",
-    ),
-]
-TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", help="Seconds to wait for the answer, retries included.")
-]
 
 session_app = typer.Typer(
     name="session",
@@ -54,6 +50,7 @@ session_app = typer.Typer(
         "  seqinfer session close demo"
     ),
     no_args_is_help=True,
+    **TYPER_SETTINGS,
 )
 
 
@@ -78,7 +75,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _print(value: Any) -> None:
-    typer.echo(json.dumps(_jsonable(value), indent=2))
+    print_json(_jsonable(value))
 
 
 def _fail(reason: str, message: str, code: int) -> NoReturn:
@@ -99,10 +96,40 @@ def _connect(address: str, timeout: float) -> Iterator[Client]:
 # -- models ---------------------------------------------------------------------
 
 
-def models(address: AddressOpt = DEFAULT_ADDRESS, timeout: TimeoutOpt = 10.0) -> None:
-    """List the models the server serves (name, input kind and size, outputs, ...)."""
+MODEL_COLUMNS = ("name", "version", "input", "gru", "output", "dtype", "device", "sessions")
+
+
+def model_row(m: ModelInfo) -> tuple[str, ...]:
+    """One `seqinfer models` table row; `--output json` has every field."""
+    return (
+        m.name,
+        m.version,
+        f"{m.input_kind} {m.input_size}",
+        f"{m.hidden_size}x{m.num_layers}",
+        f"{m.output_kind} {m.output_size}",
+        m.dtype,
+        m.device,
+        f"{m.open_sessions}/{m.max_sessions}",
+    )
+
+
+def models(
+    address: AddressOpt = DEFAULT_ADDRESS,
+    timeout: TimeoutOpt = 10.0,
+    output: OutputOpt = OutputFormat.table,
+) -> None:
+    """List the models the server serves, as a table or as JSON.
+
+    Table columns: input kind and size, GRU hidden size x layers, output kind
+    and size, dtype, device, open/max sessions. `--output json` prints every
+    field of each model (max_timesteps, state_bytes_per_session, ...).
+    """
     with _connect(address, timeout) as client:
-        _print(client.list_models())
+        listed = client.list_models()
+    if output is OutputFormat.json:
+        _print(listed)
+    else:
+        typer.echo(format_table(MODEL_COLUMNS, [model_row(m) for m in listed]))
 
 
 # -- sessions -------------------------------------------------------------------
@@ -224,8 +251,8 @@ def step(
         str | None,
         typer.Option(
             "--json",
-            help="Inputs as JSON: \\[\\[f, ...], ...] (T rows of features) or \\[f, ...] "
-            "(one row) for dense models; \\[id, ...] or id for token models.",
+            help="Inputs as JSON: [[f, ...], ...] (T rows of features) or [f, ...] "
+            "(one row) for dense models; [id, ...] or id for token models.",
         ),
     ] = None,
     json_file: Annotated[

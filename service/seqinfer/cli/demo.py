@@ -18,6 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import typer
 
+from seqinfer.cli.common import AddressOpt
+from seqinfer.client.options import DEFAULT_ADDRESS
+
 if TYPE_CHECKING:
     # Imported lazily at run time: every CLI invocation imports this module.
     from seqinfer.service.models.config import CharTokenizer
@@ -76,7 +79,7 @@ def sample_next(
 
 
 def demo(
-    address: Annotated[str, typer.Option(help="Server address host:port.")] = "127.0.0.1:50051",
+    address: AddressOpt = DEFAULT_ADDRESS,
     model: Annotated[
         str, typer.Option(help="A token model with a char tokenizer.")
     ] = "pydoc-chars",

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import typer
 
+from seqinfer.client.options import ADDRESS_ENV
+
+# The container sets SEQINFER_HEALTH_ADDRESS for its healthcheck; a user's
+# shell sets SEQINFER_ADDRESS for every client command, this one included.
+HEALTH_ADDRESS_ENV = "SEQINFER_HEALTH_ADDRESS"
+
 
 def register(app: typer.Typer) -> None:
     """Adds the `health` command to the `seqinfer` app."""
@@ -18,8 +24,10 @@ def register(app: typer.Typer) -> None:
             None,
             "--address",
             "-a",
+            envvar=[HEALTH_ADDRESS_ENV, ADDRESS_ENV],
+            show_envvar=True,
             help="host:port of the server's gRPC port [default: $SEQINFER_HEALTH_ADDRESS, "
-            "else 127.0.0.1:$SEQINFER_PORT, else 127.0.0.1:50051].",
+            "else $SEQINFER_ADDRESS, else 127.0.0.1:$SEQINFER_PORT, else 127.0.0.1:50051].",
         ),
         service: str = typer.Option(
             "", "--service", help='Health service name; "" is the whole server.'

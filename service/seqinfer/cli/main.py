@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import typer
 
+from seqinfer.cli.common import TYPER_SETTINGS
+
 app = typer.Typer(
     name="seqinfer",
     help="Stateful, batched GRU inference over gRPC. Start with `seqinfer serve`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    **TYPER_SETTINGS,
 )
 
 

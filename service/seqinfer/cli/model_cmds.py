@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from seqinfer.cli.common import TYPER_SETTINGS
+
 if TYPE_CHECKING:
     from seqinfer.service.models.spec import LoadedModel
 
@@ -18,6 +20,7 @@ model_app = typer.Typer(
     name="model",
     help="Model directories: import from PyTorch, validate, train the demo model.",
     no_args_is_help=True,
+    **TYPER_SETTINGS,
 )
 
 _OUTPUT_KINDS = ("logits", "probabilities", "values", "hidden")

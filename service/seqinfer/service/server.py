@@ -10,13 +10,13 @@ from importlib import metadata
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from seqinfer.service.api import Lifecycle, SeqinferServicer
 from seqinfer.service.config import Settings, torch_thread_count
 from seqinfer.service.errors import ModelLoadError
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
+from seqinfer.service.reflection import enable_reflection
 from seqinfer.service.router import Router
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.wire import add_servicer
@@ -119,9 +119,7 @@ class SeqinferServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.reflection:
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-            )
+            enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
         self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
