@@ -5,10 +5,9 @@ command) cannot reach inside it to install ``EngineGate``, and sending the
 signal "after a while" drains nothing on a fast machine. This launcher puts
 the same hold in the process before the CLI starts: each batch that reaches
 ``GRUEngine.run`` writes ``seqinfer-gate: held <n> <items>`` on stdout and
-waits for the test, which writes ``release`` (let one held batch go) or
-``open`` (let every batch through from now on) on the process's stdin. End
-of stdin opens the gate too, so a test that dies never leaves behind a
-server that cannot finish.
+waits until the test writes ``open`` on the process's stdin; from then on
+every batch goes through. End of stdin opens the gate too, so a test that
+dies never leaves behind a server that cannot finish.
 
 ``SEQINFER_INLINE_MAX_TIMESTEPS=0`` is forced: a batch held on the event-loop
 thread would freeze health, drain and every other RPC instead of one batch.
@@ -37,23 +36,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class _StdinGate:
-    """Permits handed out by lines on stdin; the engine thread takes one per batch."""
+    """Closed until ``open`` (or the end of stdin) arrives."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._permits = 0
         self._open = False
         self._held = 0
 
     def read_commands(self) -> None:
         for line in sys.stdin:
-            command = line.strip()
-            with self._changed:
-                if command == "release":
-                    self._permits += 1
-                elif command == "open":
-                    self._open = True
-                self._changed.notify_all()
+            if line.strip() == "open":
+                break
         with self._changed:
             self._open = True
             self._changed.notify_all()
@@ -68,9 +61,7 @@ class _StdinGate:
                     # One write of one short line: atomic on a pipe.
                     os.write(1, f"{HELD}{gate._held} {len(items)}\n".encode())
                     # Bounded, like EngineGate, so an orphan cannot hold forever.
-                    gate._changed.wait_for(lambda: gate._open or gate._permits > 0, 300)
-                    if not gate._open and gate._permits > 0:
-                        gate._permits -= 1
+                    gate._changed.wait_for(lambda: gate._open, 300)
             return run(engine, slab, items)
 
         return gated_run
@@ -101,7 +92,7 @@ def _child_pythonpath() -> str:
 
 
 class GatedServer:
-    """A launcher process: its address, its held batches, and the lever to release them."""
+    """A launcher process: its address, its held batches, and the lever to open the gate."""
 
     def __init__(
         self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
@@ -161,18 +152,11 @@ class GatedServer:
             raise AssertionError(f"{len(found)} of {batches} batches held:\n{self.log()[-3000:]}")
         return [int(x.split()[-1]) for x in found]
 
-    def _command(self, command: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-
-    def release(self) -> None:
-        """Let one held batch (or the next one to arrive) through."""
-        self._command("release")
-
     def open(self) -> None:
         """Let every batch through from now on."""
-        self._command("open")
+        assert self.process.stdin is not None
+        self.process.stdin.write("open\n")
+        self.process.stdin.flush()
 
     def wait(self, timeout: float = 60) -> int:
         return self.process.wait(timeout)
