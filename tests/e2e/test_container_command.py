@@ -7,7 +7,7 @@ HEALTHCHECK (the same as compose's). Only what the container's network gives
 differs: the bind addresses and ports come from SEQINFER_* env (which the
 settings loader ranks above the YAML file) so that the test binds loopback on
 free ports. Then: the healthcheck passes, /metrics answers, and SIGTERM drains
-and exits 0, as `docker stop` would.
+a step held in the engine and exits 0, as `docker stop` would.
 """
 
 from __future__ import annotations
@@ -23,8 +23,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 
+from seqinfer.v1 import seqinfer_pb2 as pb
+from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
+from tests.gated_serve import GatedServer
+from tests.support import error_reason, to_tensor, wait_until
 from tests.unit.test_deploy import (
     CONTAINER_CONFIG_PATH,
     DEPLOY,
@@ -82,15 +88,9 @@ def health_env(port: int) -> dict[str, str]:
     return {**env, "SEQINFER_PORT": str(port)}
 
 
-class Served:
-    def __init__(self, process: subprocess.Popen[str], port: int, metrics: str) -> None:
-        self.process, self.port, self.metrics = process, port, metrics
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    port, metrics_port = free_port(), free_port()
-    env = {
+def container_env(port: int, metrics_port: int) -> dict[str, str]:
+    """The server's env: what the container's network gives, on loopback and free ports."""
+    return {
         **os.environ,
         "SEQINFER_HOST": "127.0.0.1",
         "SEQINFER_PORT": str(port),
@@ -99,6 +99,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         # The image has one torch thread pool to itself; here, other tests run too.
         "SEQINFER_TORCH_THREADS": "1",
     }
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], port: int, metrics: str) -> None:
+        self.process, self.port, self.metrics = process, port, metrics
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    port, metrics_port = free_port(), free_port()
+    env = container_env(port, metrics_port)
     log = tmp_path_factory.mktemp("container") / "server.log"
     process = subprocess.Popen(
         container_command(),
@@ -156,17 +167,40 @@ def test_metrics_endpoint_answers(served: Served) -> None:
     assert 'seqinfer_state_slab_capacity_slots{model="bench-gru:1"}' in text
 
 
-def test_sigterm_drains_and_exits_zero(served: Served) -> None:
-    served.process.send_signal(signal.SIGTERM)
-    assert served.process.wait(40) == 0
-    # Stopped: the healthcheck now fails, as Docker would see.
-    result = subprocess.run(
-        [*health_command(), "--timeout", "1"],
-        env=health_env(served.port),
-        capture_output=True,
-        timeout=30,
-    )
-    assert result.returncode == 1
+def _healthcheck(port: int) -> int:
+    """Docker's view: the exit status of the image's HEALTHCHECK command."""
+    command = [*health_command(), "--timeout", "5"]
+    return subprocess.run(command, env=health_env(port), capture_output=True, timeout=30).returncode
+
+
+def test_sigterm_drains_held_work_and_exits_zero(tmp_path: Path) -> None:
+    """`docker stop` while a step is in the engine: the healthcheck fails, new work is
+    refused with DRAINING, the held step is answered, the process exits 0.
+
+    The server is its own, so this depends on no other test's order. It runs
+    the container's arguments and config file through ``tests.gated_serve``,
+    which wraps the entry point only to hold batches until the test lets them go.
+    """
+    port = free_port()
+    args = container_command()[1:]
+    with GatedServer(args, env=container_env(port, free_port()), cwd=tmp_path) as server:
+        with grpc.insecure_channel(server.address()) as channel:
+            api = pb_grpc.SeqinferStub(channel)
+            assert _healthcheck(port) == 0
+            api.OpenSession(pb.OpenSessionRequest(model="bench-gru", session_id="held"))
+            x = to_tensor(np.ones((2, 64), np.float32))
+            held = api.Step.future(pb.StepRequest(session_id="held", inputs=x), timeout=120)
+            server.wait_held(1)
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: _healthcheck(port) == 1, 60, "the healthcheck to fail")
+            with pytest.raises(grpc.RpcError) as refused:
+                api.Step(pb.StepRequest(session_id="held", inputs=x), timeout=30)
+            assert error_reason(refused.value)[:2] == (grpc.StatusCode.UNAVAILABLE, "DRAINING")
+            server.open()
+            assert held.result(timeout=120).step == 2
+        assert server.wait(60) == 0, server.log()[-3000:]
+    # Stopped: the healthcheck still fails, as Docker would see.
+    assert _healthcheck(port) == 1
 
 
 def test_cuda_image_command_parses_and_fails_clearly_without_a_gpu() -> None:

@@ -197,6 +197,11 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_step_request(api, case: str):
     request, code, reason, field = CASES[case]
+
+    def open_sessions() -> int:
+        return sum(m.open_sessions for m in api.ListModels(pb.ListModelsRequest()).models)
+
+    open_before = open_sessions()
     with pytest.raises(grpc.RpcError) as info:
         api.Step(request)
     got = error_reason(info.value)
@@ -204,10 +209,19 @@ def test_bad_step_request(api, case: str):
     if field is not None:
         assert got[2]["field"] == field
         assert info.value.details().startswith(field)
-    # A refused implicit start leaves no session behind.
+    # A refused implicit start leaves no session behind: none was opened, and
+    # the id is unknown (or, when the id itself was the problem, still refused).
     if request.start:
-        with pytest.raises(grpc.RpcError):
-            api.GetSession(pb.GetSessionRequest(session_id=request.session_id or "none"))
+        assert open_sessions() == open_before
+        with pytest.raises(grpc.RpcError) as lookup:
+            api.GetSession(pb.GetSessionRequest(session_id=request.session_id))
+        if field == "session_id":
+            assert error_reason(lookup.value)[:2] == (INVALID, "INVALID_INPUT")
+        else:
+            assert error_reason(lookup.value)[:2] == (
+                grpc.StatusCode.NOT_FOUND,
+                "SESSION_NOT_FOUND",
+            )
 
 
 @pytest.mark.parametrize(

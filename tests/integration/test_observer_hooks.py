@@ -18,12 +18,15 @@ MODEL = make_model("dense", name="obs", seed=1)
 class Recorder(Observer):
     def __init__(self) -> None:
         self.events: Counter[tuple[str, ...]] = Counter()
+        # Checked by the test, not here: an assert in a hook would fail inside
+        # the server's scheduler, never in the test.
+        self.latencies: list[tuple[float, float]] = []
 
     def rpc_finished(self, method: str, code: str, seconds: float) -> None:
         self.events["rpc", method, code] += 1
 
     def request_completed(self, model, timesteps, latency_seconds, queue_seconds) -> None:
-        assert latency_seconds >= queue_seconds >= 0
+        self.latencies.append((latency_seconds, queue_seconds))
         self.events["completed", model] += timesteps
 
     def request_rejected(self, model: str, reason: str) -> None:
@@ -57,6 +60,8 @@ def test_hooks_see_steps_rejections_and_session_lifecycle():
     key = "obs:1"
     events = recorder.events
     assert events["completed", key] == 4 and events["batches", key] == 2
+    assert len(recorder.latencies) == 2
+    assert all(latency >= queued >= 0 for latency, queued in recorder.latencies)
     assert events["rejected", key, "invalid"] == 1
     assert events["rejected", key, "capacity"] == 1
     assert events["opened", key] == 2 and events["ended", key, "closed"] == 2

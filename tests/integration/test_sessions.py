@@ -3,8 +3,6 @@ expected_step retries, idle TTL, max sessions, health and reflection."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from tests.support import (
     running_server,
     stub,
     to_tensor,
+    wait_until,
 )
 
 MODEL = make_model("dense", layers=2, name="m", seed=5)
@@ -141,15 +140,22 @@ def test_expected_step_retry_is_exactly_once(api):
 
 
 def test_idle_ttl_expiry_is_reported_as_expired():
-    with running_server([MODEL], sweep_interval_seconds=0.05) as srv, stub(srv.address) as api:
-        api.OpenSession(pb.OpenSessionRequest(model="m", session_id="short", idle_ttl_seconds=0.2))
+    # The server's default TTL is short here, so a "0 = never" read as "use the
+    # default" would expire "kept" too.
+    settings = {"sweep_interval_seconds": 0.05, "idle_ttl_seconds": 0.2}
+    with running_server([MODEL], **settings) as srv, stub(srv.address) as api:
+        store = srv.server.runtimes[0].store
         api.OpenSession(pb.OpenSessionRequest(model="m", session_id="kept", idle_ttl_seconds=0))
-        time.sleep(0.6)
+        api.OpenSession(pb.OpenSessionRequest(model="m", session_id="short"))  # the default
+        # Only the sweeper removes an expired session: wait for it to have done so.
+        wait_until(lambda: srv.run_sync(lambda: "short" not in store), 60, "the sweep")
         _expect(
             lambda: api.GetSession(pb.GetSessionRequest(session_id="short")),
             grpc.StatusCode.NOT_FOUND,
             "SESSION_EXPIRED",
         )
+        # That sweep went through "kept" too: it is older than "short", so it had
+        # been idle for longer than the TTL that expired "short".
         assert api.GetSession(pb.GetSessionRequest(session_id="kept")).session_id == "kept"
 
 

@@ -77,6 +77,9 @@ class Script:
     stream_breaks: list[int] = field(default_factory=list)
     # after a break point, apply this many more steps without replying first
     stream_silent: int = 0
+    # while set and not yet released, a stream holds its first reply (and, as it
+    # handles requests in order, everything after it): the test decides when
+    hold_replies: threading.Event | None = None
     seen: list[tuple[str, object]] = field(default_factory=list)
     metadata: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
 
@@ -341,6 +344,9 @@ class FakeSeqinfer(pb_grpc.SeqinferServicer):
                     context.abort(grpc.StatusCode.UNAVAILABLE, "scripted stream break")
                 continue
             answered += 1
+            hold = self.script.hold_replies
+            if hold is not None:
+                assert hold.wait(30), "the test never released the held reply"
             yield result
 
 
@@ -519,7 +525,10 @@ def test_deadline_is_per_call(fake: tuple[FakeSeqinfer, str]) -> None:
         t0 = time.monotonic()
         with pytest.raises(Unavailable):
             c.list_models(timeout=0.5)
-        assert time.monotonic() - t0 < 2.0  # retries stopped at the deadline
+        # Retries stopped at the deadline: the 100 scripted failures, backing off
+        # up to 2 s each, would take minutes. Only a generous bound on time.
+        assert time.monotonic() - t0 < 10
+        assert servicer.script.failures["ListModels"], "every attempt was made"
 
 
 # -- step_many -------------------------------------------------------------------
@@ -574,12 +583,18 @@ def test_stream_pipelines_many_sessions(fake: tuple[FakeSeqinfer, str], client: 
 def test_stream_item_errors_do_not_stop_the_stream(
     fake: tuple[FakeSeqinfer, str], client: Client
 ) -> None:
+    servicer, _ = fake
     s = client.open_session("toy")
+    # Hold the replies until all four are sent: otherwise the bad one's refusal
+    # may come back before `gap` is submitted, which then expects 1 and applies.
+    servicer.script.hold_replies = threading.Event()
     with client.stream() as stream:
         ok1 = stream.submit(s, X)
         bad = stream.submit(s, np.ones((1, 5)))  # invalid: not applied
         gap = stream.submit(s, X)  # pipelined behind the bad one -> STEP_GAP
         missing = stream.submit("missing", X)
+        servicer.script.hold_replies.set()
+    assert [r.expected_step for r in servicer.seen("StreamSteps")[:3]] == [0, 1, 2]
     assert ok1.result().step == 1
     assert isinstance(bad.exception(), InvalidInput)
     gap_err = gap.exception()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
 
 from seqinfer.cli.main import app
+from seqinfer.service.engine import EngineItem, GRUEngine, OutputMode
 from seqinfer.service.errors import ModelLoadError
 from seqinfer.service.models.format import read_model_dir
 from seqinfer.service.models.importer import (
@@ -17,7 +19,6 @@ from seqinfer.service.models.importer import (
     load_checkpoint,
     plan_import,
 )
-from seqinfer.service.models.selftest import ReferenceModule
 from seqinfer.service.models.spec import InputKind, OutputKind
 
 runner = CliRunner()
@@ -39,10 +40,32 @@ class CharModel(nn.Module):
 
 
 def served_outputs(model_dir: Path, inputs: torch.Tensor) -> torch.Tensor:
-    """The imported model's outputs for [B, T] inputs via the serving-side modules."""
-    loaded = read_model_dir(model_dir)
-    with torch.no_grad():
-        return ReferenceModule(loaded, torch.float32)(inputs)[0]
+    """The imported model's outputs for [B, T] inputs from the server's own engine.
+
+    Each row is a session in a state slab, stepped the three ways the engine
+    computes: one timestep at a time, short chunks (batched together with
+    other sessions) and one long chunk through the full-sequence path. What is
+    compared with the user's module is what a client would receive.
+    """
+    engine = GRUEngine(read_model_dir(model_dir), torch.device("cpu"))
+    batch, t = inputs.shape[0], inputs.shape[1]
+    assert t >= engine.long_chunk_threshold, "too short to reach the long-chunk path"
+    ways = [[1] * t, [3, 3, t - 6], [t]]
+    plans = [ways[b % len(ways)] for b in range(batch)]
+    slab = engine.new_slab(batch + 1)
+    served: list[list[np.ndarray]] = [[] for _ in range(batch)]
+    for r in range(max(len(plan) for plan in plans)):
+        rows = [b for b in range(batch) if r < len(plans[b])]
+        items = []
+        for b in rows:
+            start = sum(plans[b][:r])
+            chunk = inputs[b, start : start + plans[b][r]].numpy()
+            # Slot b + 1: a slot-indexing slip shows up as a mismatch.
+            items.append(EngineItem(b + 1, chunk, output_mode=OutputMode.ALL))
+        for b, result in zip(rows, engine.run(slab, items), strict=True):
+            assert result.outputs is not None
+            served[b].append(result.outputs.copy())
+    return torch.from_numpy(np.stack([np.concatenate(parts) for parts in served]))
 
 
 def test_module_checkpoint_imports_and_matches_forward(tmp_path: Path) -> None:
@@ -72,7 +95,7 @@ def test_module_checkpoint_imports_and_matches_forward(tmp_path: Path) -> None:
         20,
         2,
     )
-    ids = torch.randint(0, 30, (2, 17))
+    ids = torch.randint(0, 30, (3, 17))
     with torch.no_grad():
         expected = module(ids)
     torch.testing.assert_close(served_outputs(tmp_path / "m", ids), expected, atol=1e-5, rtol=0)
@@ -88,10 +111,10 @@ def test_bare_gru_state_dict_imports_as_dense_hidden(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     spec = read_model_dir(out).spec
     assert spec.input_kind is InputKind.DENSE and spec.output_kind is OutputKind.HIDDEN
-    x = torch.randn(1, 11, 5)
+    x = torch.randn(3, 17, 5)
     with torch.no_grad():
         expected, _ = gru(x.transpose(0, 1))
-    torch.testing.assert_close(served_outputs(out, x)[0], expected[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(served_outputs(out, x), expected.transpose(0, 1), atol=1e-5, rtol=0)
 
 
 def test_dense_module_with_head_and_wrapped_checkpoint(tmp_path: Path) -> None:

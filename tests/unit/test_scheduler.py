@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,6 +61,14 @@ class Harness:
     def item(self, session, x, **kw) -> StepItem:
         future = asyncio.get_running_loop().create_future()
         return StepItem(session, torch.from_numpy(x), future, output_mode=OutputMode.ALL, **kw)
+
+
+async def _until(predicate: Any, what: str, timeout: float = 60) -> None:
+    """Yield to the scheduler until ``predicate`` holds; fail after a generous timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
 
 
 @pytest.fixture
@@ -170,7 +179,9 @@ async def test_tiny_batches_run_inline_only_while_the_engine_thread_is_idle():
     h.executor.submit(release.wait)  # the engine thread is busy with other slab work
     three = h.item(session, np.ones((1, 8), np.float32))
     h.scheduler.submit(three)
-    await asyncio.sleep(0.05)
+    # in_flight is set only on the way to the engine thread: an inline run
+    # would have finished within the scheduler's one step instead.
+    await _until(lambda: h.scheduler.in_flight == 1, "the batch to go to the engine thread")
     assert not three.future.done()  # it queued behind that work instead of running inline
     release.set()
     await three.future
@@ -181,16 +192,21 @@ async def test_tiny_batches_run_inline_only_while_the_engine_thread_is_idle():
     h.executor.shutdown()
 
 
-async def test_batch_delay_gathers_late_arrivals():
-    h = Harness(max_batch_delay=0.2)
+async def test_batch_delay_gathers_late_arrivals_and_ends_when_the_batch_is_full():
+    # A window far longer than the test: only a full batch can end it early.
+    h = Harness(max_batch_delay=60.0, max_batch_size=3)
     h.scheduler.start()
     sessions = [h.store.create(f"s{i}", None)[0] for i in range(3)]
     items = [h.item(s, np.ones((1, 8), np.float32)) for s in sessions]
+    started = time.monotonic()
     h.scheduler.submit(items[0])
-    await asyncio.sleep(0.02)
+    # submit() sets the wake-up event; the scheduler clears it only once it is
+    # waiting inside the window, with items[0] already taken as ready.
+    await _until(lambda: not h.scheduler._wakeup.is_set(), "the batch window to open")
     h.scheduler.submit(items[1])
     h.scheduler.submit(items[2])
     await asyncio.gather(*(it.future for it in items))
     assert h.observer.batches == [3]
+    assert time.monotonic() - started < 30, "the full batch did not end the window"
     await h.scheduler.drain()
     h.executor.shutdown()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -79,9 +78,12 @@ def test_expired_sessions_are_found_oldest_first_and_remembered(executor):
     store = _store(executor, default_ttl=0.05, initial_capacity=4)
     old = store.create("old", None)[0]
     forever = store.create("forever", 0.0)[0]
-    time.sleep(0.06)
     fresh = store.create("fresh", None)[0]
-    found = store.expired(time.monotonic())
+    # The clock is an argument: "fresh" was last used 0.06 s after "old", and
+    # the sweep looks 0.01 s later still (no waiting for time to pass).
+    now = old.last_used + 0.06
+    store.touch(fresh, now)
+    found = store.expired(now + 0.01)
     assert found == [old]
     assert forever not in found and fresh not in found
     store.remove(old, SessionExpired)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from importlib import metadata
 
 import grpc
@@ -76,6 +78,8 @@ class SeqinferServer:
         self._health: health.aio.HealthServicer | None = None
         self._metrics: object | None = None
         self._stopped = asyncio.Event()
+        self.timed_out = False  # the shutdown deadline came before the drain's end
+        self.unanswered = 0  # accepted steps cancelled at that deadline
 
     @property
     def address(self) -> str:
@@ -136,29 +140,55 @@ class SeqinferServer:
         )
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new work (UNAVAILABLE), finish accepted work, close."""
+        """Drain: refuse new work (UNAVAILABLE/DRAINING), NOT_SERVING, finish accepted
+        work, close; all within one deadline ``grace`` seconds away.
+
+        Accepted steps get until the deadline; calls still open after their
+        work is done (a client that holds a stream open) get what is left of
+        it. At the deadline gRPC cancels every call still open. A batch still
+        computing then cannot be interrupted (Python cannot stop a thread), so
+        its runtime is left as it is, ``timed_out`` is set and ``unanswered``
+        counts the steps that were cancelled; ``serve_forever`` then ends the
+        process.
+        """
         if self._server is None:
             return
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Refuse first: once health reads NOT_SERVING, no new step is accepted.
+        self.lifecycle.draining = True
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        self.lifecycle.draining = True
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(runtime.drain() for runtime in self.runtimes)), grace
+        drains = [loop.create_task(runtime.drain()) for runtime in self.runtimes]
+        _, pending = await asyncio.wait(drains, timeout=max(0.0, deadline - loop.time()))
+        if pending:
+            self.timed_out = True
+            self.unanswered = sum(
+                r.scheduler.queue_depth + r.scheduler.in_flight for r in self.runtimes
             )
-        except TimeoutError:
-            log.warning("accepted work did not finish within %.1fs", grace)
-        await self._server.stop(grace)
-        for runtime in self.runtimes:
-            await runtime.stop()
+            log.warning(
+                "shutdown grace (%.1fs) ended with %d accepted steps unanswered; cancelling them",
+                grace,
+                self.unanswered,
+            )
+            for task in pending:
+                task.cancel()
+        await self._server.stop(max(0.0, deadline - loop.time()))
+        if not pending:
+            for runtime in self.runtimes:
+                await runtime.stop()
         if self._metrics is not None:
             self._metrics.stop()  # type: ignore[attr-defined]
         self._server = None
         self._stopped.set()
 
     async def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT, then drain and return."""
+        """Run until SIGTERM/SIGINT, then drain and return.
+
+        If the grace period ended with steps unanswered, the process exits 1
+        here: an engine thread still computing would keep Python from exiting.
+        """
         await self.start()
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
@@ -168,6 +198,12 @@ class SeqinferServer:
         await stop_requested.wait()
         log.info("signal received: draining")
         await self.stop()
+        if self.timed_out:
+            log.error("exiting with %d steps cancelled at the shutdown deadline", self.unanswered)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         log.info("stopped")
 
 
