@@ -131,10 +131,11 @@ def test_client_deadline_passed_in_queue_is_dropped_unapplied():
     """What a client sees: its own DEADLINE_EXCEEDED, and nothing applied.
 
     The client's timer ends the call when the deadline passes, and gRPC
-    cancels the handler on the server at the same moment, so the queued step
-    is dropped as *cancelled*: the scheduler only looks at a step's deadline
-    when the step's turn comes, which here is after the engine is free, long
-    after the call ended. The server's own DEADLINE reason is checked below.
+    cancels the handler on the server at the same moment, so the server's
+    DEADLINE status never reaches the client. When the step's turn comes
+    (after the engine is free, long after the call ended) the scheduler
+    checks the deadline before the cancellation, so the drop is counted as a
+    *deadline*, its cause. The server's own DEADLINE status is checked below.
     """
     recorder = Recorder()
     x = to_tensor(np.ones((1, 8), np.float32))
@@ -153,7 +154,7 @@ def test_client_deadline_passed_in_queue_is_dropped_unapplied():
         late = api.GetSession(pb.GetSessionRequest(session_id="late"))
         state = api.ExportState(pb.ExportStateRequest(session_id="late")).state
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert recorder.rejected == {"cancelled": 1}
+    assert recorder.rejected == {"deadline": 1}
     assert late.step == 0
     assert not from_tensor(state).any()
 
