@@ -87,7 +87,10 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="gRPC receive/send message size limit."
     )
     shutdown_grace_seconds: float = Field(
-        30.0, ge=0, description="On SIGTERM, time allowed for accepted work to finish."
+        30.0,
+        ge=0,
+        description="On SIGTERM or SIGINT, the one deadline for the drain: accepted work "
+        "finishes within it, what is left is then cancelled.",
     )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op torch threads; 0 = cores - 1 (the event loop needs one)."
