@@ -41,6 +41,7 @@ ALLOWANCE = 96 * MIB
 BUDGET = sum(BOUNDS.values()) + ALLOWANCE
 FLOOD_SECONDS = 6.0
 CLI = [sys.executable, "-c", "from seqinfer.cli.main import main; main()"]
+QUIET = ["--log-level", "WARNING"]
 LARGE = {"grpc.max_send_message_length": 64 * MIB, "grpc.max_receive_message_length": 64 * MIB}
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
@@ -58,8 +59,7 @@ def _rss(pid: int) -> int:
 def server() -> Iterator[tuple[int, str]]:
     env = {**os.environ, **{k: str(v) for k, v in BOUNDS.items()}, "SEQINFER_TORCH_THREADS": "1"}
     process = subprocess.Popen(
-        [*CLI, "serve", "--port", "0", "--metrics-port", "0", "--device", "cpu"]
-        + ["--log-level", "WARNING"],
+        [*CLI, "serve", "--port", "0", "--metrics-port", "0", "--device", "cpu", *QUIET],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -132,15 +132,25 @@ def call_with_retry(
     """
     budget = Budget(timeout, policy)
     attempt = 1
+    last: SeqinferError | None = None
     while True:
         try:
-            return fn(attempt, budget.attempt_timeout())
+            attempt_timeout = budget.attempt_timeout()
+        except DeadlineExceeded:
+            # Ran out while backing off: the last attempt's error says more
+            # (and, unlike this one, that a step may have been sent).
+            if last is None:
+                raise
+            raise last from None
+        try:
+            return fn(attempt, attempt_timeout)
         except SeqinferError as err:
             if not idempotent or not policy.should_retry(err, attempt):
                 raise
             delay = policy.backoff(attempt)
             if not budget.allows_wait(delay):
                 raise
+            last = err
         sleep(delay)
         attempt += 1
 
@@ -155,14 +165,24 @@ async def acall_with_retry(
     """The asyncio twin of :func:`call_with_retry`."""
     budget = Budget(timeout, policy)
     attempt = 1
+    last: SeqinferError | None = None
     while True:
         try:
-            return await fn(attempt, budget.attempt_timeout())
+            attempt_timeout = budget.attempt_timeout()
+        except DeadlineExceeded:
+            # Ran out while backing off: the last attempt's error says more
+            # (and, unlike this one, that a step may have been sent).
+            if last is None:
+                raise
+            raise last from None
+        try:
+            return await fn(attempt, attempt_timeout)
         except SeqinferError as err:
             if not idempotent or not policy.should_retry(err, attempt):
                 raise
             delay = policy.backoff(attempt)
             if not budget.allows_wait(delay):
                 raise
+            last = err
         await asyncio.sleep(delay)
         attempt += 1
