@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from seqinfer.client import AsyncClient, Client, DeadlineExceeded, RetryPolicy
 from seqinfer.v1 import seqinfer_pb2 as pb
-from tests.support import gated, make_model, reference_run, running_server, stub, to_tensor
+from tests.support import (
+    gated,
+    make_model,
+    reference_run,
+    running_server,
+    stub,
+    to_tensor,
+    wait_until,
+)
 
 MODEL = make_model("dense", name="late", seed=21)
 DEADLINE = 1.0  # seconds; the gate holds the batch far longer (until opened)
@@ -60,6 +69,12 @@ def test_deadline_in_the_engine_then_recover_returns_the_cached_reply():
     np.testing.assert_allclose(out.outputs, want[2:], atol=1e-5, rtol=0)
 
 
+def _expired(server, session_id: str) -> bool:
+    session = server.server.runtimes[0].store.sessions[session_id]
+    item = session.pending[0]
+    return item.future.done() or time.monotonic() >= item.deadline
+
+
 def test_deadline_in_the_queue_then_recover_applies_it_once():
     x = _x(2, 1)
     with running_server([MODEL]) as server, Client(server.address, retry=NO_RETRY) as client:
@@ -73,6 +88,9 @@ def test_deadline_in_the_queue_then_recover_applies_it_once():
             with pytest.raises(DeadlineExceeded):
                 session.step(x, return_state=True, timeout=DEADLINE)
             assert session.unsettled
+            # The server's own deadline may end a moment after the client's:
+            # wait until the queued item is past it, so it is dropped unapplied.
+            wait_until(lambda: server.run_sync(lambda: _expired(server, "q")), what="expiry")
             gate.open()
             blocker.result(60)
         out = session.recover()
