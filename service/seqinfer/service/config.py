@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         10_000,
         ge=1,
+        le=1 << 29,  # twice this goes to gRPC as a C int
         description="Seqinfer calls handled at once (a stream counts once); more are "
         "refused with QUEUE_FULL. Also caps gRPC's own queue of calls not yet picked up.",
     )
