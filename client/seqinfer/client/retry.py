@@ -29,10 +29,15 @@ T = TypeVar("T")
 # UNAVAILABLE: connection trouble or a draining server; nothing is lost by
 # asking again. DEADLINE_EXCEEDED: only reached with budget left when an
 # attempt timeout or the server's own deadline fired, and a step may have
-# been applied, which the request cache makes harmless.
-_DEFAULT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-# QUEUE_FULL: the server rejected the step before applying it and asks us to
-# come back later.
+# been applied, which the request cache makes harmless. CANCELLED: never
+# this client's own cancel (the loops stop before asking), so the server or
+# gRPC dropped the call: a call gRPC refused under overload, or one cut by a
+# shutdown; for an idempotent call asking again is safe.
+_DEFAULT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+# QUEUE_FULL: the server refused the call before applying anything (a queue
+# bound, or max_concurrent_rpcs calls in progress) and asks us to come back later.
 _DEFAULT_REASONS = frozenset({"QUEUE_FULL"})
 
 
@@ -127,15 +132,25 @@ def call_with_retry(
     """
     budget = Budget(timeout, policy)
     attempt = 1
+    last: SeqinferError | None = None
     while True:
         try:
-            return fn(attempt, budget.attempt_timeout())
+            attempt_timeout = budget.attempt_timeout()
+        except DeadlineExceeded:
+            # Ran out while backing off: the last attempt's error says more
+            # (and, unlike this one, that a step may have been sent).
+            if last is None:
+                raise
+            raise last from None
+        try:
+            return fn(attempt, attempt_timeout)
         except SeqinferError as err:
             if not idempotent or not policy.should_retry(err, attempt):
                 raise
             delay = policy.backoff(attempt)
             if not budget.allows_wait(delay):
                 raise
+            last = err
         sleep(delay)
         attempt += 1
 
@@ -150,14 +165,24 @@ async def acall_with_retry(
     """The asyncio twin of :func:`call_with_retry`."""
     budget = Budget(timeout, policy)
     attempt = 1
+    last: SeqinferError | None = None
     while True:
         try:
-            return await fn(attempt, budget.attempt_timeout())
+            attempt_timeout = budget.attempt_timeout()
+        except DeadlineExceeded:
+            # Ran out while backing off: the last attempt's error says more
+            # (and, unlike this one, that a step may have been sent).
+            if last is None:
+                raise
+            raise last from None
+        try:
+            return await fn(attempt, attempt_timeout)
         except SeqinferError as err:
             if not idempotent or not policy.should_retry(err, attempt):
                 raise
             delay = policy.backoff(attempt)
             if not budget.allows_wait(delay):
                 raise
+            last = err
         await asyncio.sleep(delay)
         attempt += 1

@@ -6,6 +6,13 @@ step after a lost reply without applying it twice, and it makes a step that
 would land out of order fail with ``StepGap`` instead of silently corrupting
 the state.
 
+A step whose outcome the client cannot know (its deadline passed, or the
+connection broke, after the request may have reached the engine) is kept
+by the handle: ``recover()`` sends the very same request again, which the
+server answers with the cached reply (``replayed``) if the step applied, or
+applies now if it never did. Either way it applies exactly once and the
+counter is right.
+
 One handle is meant to be driven by one caller at a time; ``Session`` holds
 a lock so that concurrent ``step`` calls from threads queue up instead of
 racing on the counter.
@@ -18,12 +25,13 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
 from seqinfer.client import messages
 from seqinfer.client.datatypes import SessionInfo, StepOutput
-from seqinfer.client.errors import SessionNotFound, StepGap
+from seqinfer.client.errors import SeqinferError, SessionNotFound, StepGap
 from seqinfer.client.messages import Inputs, OutputMode
 from seqinfer.client.tensors import DTypeLike, InputKind
 from seqinfer.v1 import seqinfer_pb2 as pb
@@ -31,6 +39,24 @@ from seqinfer.v1 import seqinfer_pb2 as pb
 if TYPE_CHECKING:
     from seqinfer.client.aio import AsyncClient
     from seqinfer.client.client import Client
+
+
+# Failures made by gRPC itself (no ErrorInfo reason) after which a sent step
+# may or may not have been applied. Every seqinfer reason says it was not.
+_UNKNOWN_OUTCOME = frozenset(
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+
+def outcome_unknown(error: SeqinferError) -> bool:
+    """Whether a step that failed with ``error`` may nevertheless have been applied."""
+    return not error.reason and error.code in _UNKNOWN_OUTCOME
 
 
 def needs_kind(inputs: Inputs) -> bool:
@@ -56,6 +82,18 @@ class _SessionBase:
         self.info = info
         #: Set once this handle closed the session (close() or a step with end).
         self.closed = False
+        # The last step, while its outcome is unknown (see ``recover``).
+        self._unsettled: pb.StepRequest | None = None
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether the last step failed without telling whether it applied.
+
+        ``recover()`` settles it; the next ``step()`` forgets it (its
+        ``expected_step`` still keeps the order: it fails with ``StepGap``,
+        adopting the server's counter, if the unsettled step had applied).
+        """
+        return self._unsettled is not None
 
     def __repr__(self) -> str:
         return (
@@ -84,6 +122,17 @@ class _SessionBase:
             end=end,
             dtype=dtype,
         ).to_proto(kind)
+
+    def _failed(self, req: pb.StepRequest, error: SeqinferError) -> None:
+        if isinstance(error, StepGap):
+            self._gap(error)
+        elif outcome_unknown(error):
+            self._unsettled = req
+
+    def _take_unsettled(self) -> pb.StepRequest:
+        if self._unsettled is None:
+            raise RuntimeError("no step of this handle has an unknown outcome")
+        return self._unsettled
 
     def _applied(self, out: StepOutput) -> None:
         self.step_count = out.step
@@ -144,11 +193,34 @@ class Session(_SessionBase):
                 inputs, kind, output_mode=output_mode, return_state=return_state,
                 reset=reset, end=end, dtype=dtype,
             )  # fmt: skip
+            self._unsettled = None
             try:
                 out = self._client._step_proto(req, timeout)
-            except StepGap as gap:
-                self._gap(gap)
+            except SeqinferError as error:
+                self._failed(req, error)
                 raise
+            self._applied(out)
+            return out
+
+    def recover(self, timeout: float | None = None) -> StepOutput:
+        """Settles the last step whose outcome was unknown and returns its reply.
+
+        Sends the same request (same ``request_id`` and ``expected_step``):
+        ``replayed`` is true when the step had applied and this is its cached
+        reply, false when it had not and applied now. Raises ``RuntimeError``
+        if no step is unsettled (see :attr:`unsettled`), and ``StepGap`` if
+        the session moved on meanwhile (another writer), adopting its counter.
+        """
+        with self._lock:
+            req = self._take_unsettled()
+            try:
+                out = self._client._step_proto(req, timeout)
+            except SeqinferError as error:
+                if not outcome_unknown(error):
+                    self._unsettled = None
+                self._failed(req, error)
+                raise
+            self._unsettled = None
             self._applied(out)
             return out
 
@@ -245,11 +317,27 @@ class AsyncSession(_SessionBase):
                 inputs, kind, output_mode=output_mode, return_state=return_state,
                 reset=reset, end=end, dtype=dtype,
             )  # fmt: skip
+            self._unsettled = None
             try:
                 out = await self._client._step_proto(req, timeout)
-            except StepGap as gap:
-                self._gap(gap)
+            except SeqinferError as error:
+                self._failed(req, error)
                 raise
+            self._applied(out)
+            return out
+
+    async def recover(self, timeout: float | None = None) -> StepOutput:
+        """Settles the last step whose outcome was unknown; see :meth:`Session.recover`."""
+        async with self._lock:
+            req = self._take_unsettled()
+            try:
+                out = await self._client._step_proto(req, timeout)
+            except SeqinferError as error:
+                if not outcome_unknown(error):
+                    self._unsettled = None
+                self._failed(req, error)
+                raise
+            self._unsettled = None
             self._applied(out)
             return out
 

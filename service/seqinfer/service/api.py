@@ -27,6 +27,7 @@ from seqinfer.service.errors import (
     CapacityFull,
     Draining,
     InvalidInput,
+    QueueFull,
     SeqinferError,
     SessionExists,
     TooLarge,
@@ -134,7 +135,10 @@ def _handle(
             observer.rpc_started(method)
             started = time.perf_counter()
             code = "OK"
+            self.active_rpcs += 1
             try:
+                if self.active_rpcs > self.settings.max_concurrent_rpcs:
+                    raise self.overloaded()
                 if type(request) is Undecodable:
                     raise request.error()
                 return await fn(self, request, context)
@@ -153,6 +157,7 @@ def _handle(
                 await context.abort_with_status(to_grpc_status(internal(exc)))
                 raise
             finally:
+                self.active_rpcs -= 1
                 observer.rpc_finished(method, code, time.perf_counter() - started)
 
         return handler
@@ -179,6 +184,20 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         )
         self._reply_shapes = {r.key: replies.reply_shape(r.spec) for r in router.runtimes}
         self._step_many_bound = replies.MessageBound.of(r.spec for r in router.runtimes)
+
+        # Calls in a handler now (a stream counts once). Past the bound a call
+        # is refused at once, which keeps overload answered with a retryable
+        # QUEUE_FULL rather than by gRPC's own queue of calls (CANCELLED).
+        self.active_rpcs = 0
+
+    def overloaded(self) -> QueueFull:
+        limit = self.settings.max_concurrent_rpcs
+        return QueueFull(
+            f"server is busy: {limit} calls in progress (max_concurrent_rpcs); nothing was "
+            "applied, retry later",
+            bound="max_concurrent_rpcs",
+            limit=limit,
+        )
 
     # ------------------------------------------------------------ models --
 
@@ -239,8 +258,8 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
     ) -> pb.CloseSessionResponse:
         self._check_id(request.session_id)
         runtime, session = self.router.find(request.session_id)
-        runtime.end_session(session, "closed")
-        return pb.CloseSessionResponse(final_step=session.step)
+        # Queued behind the session's accepted work: see ModelRuntime.close_session.
+        return pb.CloseSessionResponse(final_step=await runtime.close_session(session))
 
     @_handle("ForkSession")
     async def ForkSession(self, request: pb.ForkSessionRequest, context: Any) -> pb.SessionInfo:
@@ -466,17 +485,24 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         self.observer.rpc_started("StreamSteps")
         started = time.perf_counter()
         code = "OK"
+        self.active_rpcs += 1
         try:
+            if self.active_rpcs > self.settings.max_concurrent_rpcs:
+                code = "RESOURCE_EXHAUSTED"
+                await context.abort_with_status(to_grpc_status(self.overloaded()))
             async for result in stream.run(request_iterator):
                 yield result
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
             code = "INTERNAL"
             log.exception("StreamSteps failed")
             raise
         finally:
+            self.active_rpcs -= 1
             self.observer.rpc_finished("StreamSteps", code, time.perf_counter() - started)
 
 
@@ -485,29 +511,49 @@ class _StepStream:
 
     Results of one session leave in request order: a request answered at once
     (e.g. invalid) waits behind that session's earlier requests on this stream.
+
+    Flow control, not buffering: the reader stops reading while the stream's
+    unsent replies (requests read and not yet written back, counted with their
+    request and reply bytes) are at ``max_stream_unsent[_bytes]``. A client
+    that sends without reading then meets HTTP/2 flow control on its own
+    writes instead of growing the server.
     """
 
     def __init__(self, servicer: SeqinferServicer, context: Any) -> None:
         self.servicer = servicer
         self.context = context
-        self.results: asyncio.Queue[pb.StepResult | None] = asyncio.Queue()
+        self.results: asyncio.Queue[tuple[pb.StepResult, int] | None] = asyncio.Queue()
         self.latest: dict[str, asyncio.Future[StepOutcome]] = {}
         self.outstanding: set[asyncio.Future[StepOutcome]] = set()
         self.reading = True
+        self.max_unsent = servicer.settings.max_stream_unsent
+        self.max_unsent_bytes = servicer.settings.max_stream_unsent_bytes
+        self.unsent = 0
+        self.unsent_bytes = 0
+        self.room = asyncio.Event()
+        self.room.set()
 
     async def run(self, requests: AsyncIterator[pb.StepRequest]) -> AsyncIterator[pb.StepResult]:
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
             while True:
-                result = await self.results.get()
-                if result is None:
+                entry = await self.results.get()
+                if entry is None:
                     break
-                yield result
+                yield entry[0]
+                # Written (gRPC's write returned): the reply has left this stream's books.
+                self._sent(entry[1])
             await reader  # surfaces a reader failure
         finally:
             reader.cancel()
             for future in self.outstanding:
                 future.cancel()  # queued items are dropped unapplied
+
+    def _sent(self, cost: int) -> None:
+        self.unsent -= 1
+        self.unsent_bytes -= cost
+        if self.unsent < self.max_unsent and self.unsent_bytes < self.max_unsent_bytes:
+            self.room.set()
 
     async def _read(self, requests: AsyncIterator[pb.StepRequest]) -> None:
         loop = asyncio.get_running_loop()
@@ -520,17 +566,27 @@ class _StepStream:
                     if item is None:
                         item = await servicer._submit(request, deadline)
                     future = item.future
+                    cost = item.nbytes + item.reply_bytes
                 except SeqinferError as error:
                     future = loop.create_future()
                     future.set_exception(error)
-                self._track(request, future)
+                    # The request stays referenced until its error result goes out.
+                    cost = request.ByteSize()
+                self._track(request, future, cost)
+                if self.unsent >= self.max_unsent or self.unsent_bytes >= self.max_unsent_bytes:
+                    self.room.clear()
+                    await self.room.wait()
         finally:
             self.reading = False
             if not self.outstanding:
                 self.results.put_nowait(None)
 
-    def _track(self, request: pb.StepRequest, future: asyncio.Future[StepOutcome]) -> None:
+    def _track(
+        self, request: pb.StepRequest, future: asyncio.Future[StepOutcome], cost: int
+    ) -> None:
         self.outstanding.add(future)
+        self.unsent += 1
+        self.unsent_bytes += cost
         key = request.session_id
         earlier = self.latest.get(key)
         self.latest[key] = future
@@ -540,8 +596,9 @@ class _StepStream:
             if self.latest.get(key) is future:
                 del self.latest[key]
             if future.cancelled():
+                self._sent(cost)
                 return
-            self.results.put_nowait(self.servicer.results.step_result(request, future))
+            self.results.put_nowait((self.servicer.results.step_result(request, future), cost))
             if not self.reading and not self.outstanding:
                 self.results.put_nowait(None)
 

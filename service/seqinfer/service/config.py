@@ -61,6 +61,43 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(
         65536, ge=1, description="Requests queued per model before QUEUE_FULL."
     )
+    max_queue_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Bytes of request inputs queued per model before QUEUE_FULL "
+        "(a request is always accepted into an empty queue).",
+    )
+    max_session_queue_size: int = Field(
+        1024,
+        ge=1,
+        description="Requests queued per session before QUEUE_FULL, so one session "
+        "cannot fill its model's queue.",
+    )
+    max_session_queue_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Bytes of request inputs queued per session before QUEUE_FULL "
+        "(a request is always accepted into an empty queue).",
+    )
+    max_stream_unsent: int = Field(
+        4096,
+        ge=1,
+        description="Requests of one stream read and not yet answered on the wire; at "
+        "the bound the server stops reading that stream until replies go out.",
+    )
+    max_stream_unsent_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Request and reply bytes of one stream's unanswered requests; at "
+        "the bound the server stops reading that stream until replies go out.",
+    )
+    max_concurrent_rpcs: int = Field(
+        10_000,
+        ge=1,
+        le=1 << 29,  # twice this goes to gRPC as a C int
+        description="Seqinfer calls handled at once (a stream counts once); more are "
+        "refused with QUEUE_FULL. Also caps gRPC's own queue of calls not yet picked up.",
+    )
     max_timesteps: int = Field(4096, ge=1, description="Largest T in one request.")
     long_chunk_threshold: int = Field(
         16, ge=2, description="T at which a request runs through the full-sequence nn.GRU."

@@ -61,6 +61,9 @@ class ModelRuntime:
             max_batch_size=settings.max_batch_size,
             max_batch_delay=settings.max_batch_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
+            max_queue_bytes=settings.max_queue_bytes,
+            max_session_queue_size=settings.max_session_queue_size,
+            max_session_queue_bytes=settings.max_session_queue_bytes,
             inline_max_timesteps=settings.inline_max_timesteps,
             observer=observer,
             on_session_closed=self.end_session,
@@ -136,10 +139,29 @@ class ModelRuntime:
 
     def end_session(self, session: Session, reason: str) -> None:
         """Remove a session: queued requests fail, the slot is freed."""
+        if session.closed:
+            return
         why: type[SessionNotFound] = SessionExpired if reason == "expired" else SessionNotFound
         self.store.remove(session, why)
         self.scheduler.fail_pending(session, self.store.missing(session.session_id))
         self.observer.session_ended(self.key, reason)
+        waiter = session.close_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(session.step)
+
+    async def close_session(self, session: Session) -> int:
+        """Close after the session's accepted work; returns the final step counter.
+
+        Requests received before the close are applied and answered first, so
+        the counter returned includes them; later ones are refused
+        (SESSION_NOT_FOUND). A caller that gives up waiting does not stop the
+        close: it was decided when the request arrived.
+        """
+        if not session.busy and not session.pending and session.close_waiter is None:
+            self.end_session(session, "closed")
+            return session.step
+        waiter = self.scheduler.close_after_work(session)
+        return await asyncio.shield(waiter)
 
     async def fork(self, source: Session, new_id: str | None, idle_ttl: float | None) -> Session:
         ttl = source.idle_ttl if idle_ttl is None else idle_ttl

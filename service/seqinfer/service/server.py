@@ -112,11 +112,20 @@ class SeqinferServer:
             await runtime.start()
 
         limit = settings.max_message_bytes
+        calls = settings.max_concurrent_rpcs
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                # gRPC queues calls that arrived before the servicer picked
+                # them up, and past 1000 (randomly; always past 3000) it drops
+                # them with CANCELLED: a burst on one channel lost calls before
+                # seqinfer saw them. Sized from max_concurrent_rpcs, so the
+                # servicer's QUEUE_FULL answers overload first. (grpc.aio's
+                # maximum_concurrent_rpcs would make that queue wait instead.)
+                ("grpc.server.max_pending_requests", calls),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
             ]
         )
         add_servicer(SeqinferServicer(self.router, settings, self.observer, self.lifecycle), server)

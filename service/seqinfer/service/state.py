@@ -53,6 +53,11 @@ class Session:
     # StepItems waiting, owned by the scheduler; created on first use because an
     # empty deque costs ~600 bytes and most idle sessions never queue twice.
     pending: deque[Any] | None = None
+    pending_bytes: int = 0  # input bytes of ``pending``, for the per-session bound
+    # Set by CloseSession while the session still has work (an asyncio.Future
+    # of the final step): no new request is accepted, and the close happens
+    # once everything accepted before it has been applied and answered.
+    close_waiter: Any = None
     # The last applied request, for expected_step retries (only if it had a request id).
     last_request_id: str = ""
     last_step_before: int = -1
