@@ -129,7 +129,8 @@ def test_queue_full_while_the_queue_is_full_and_only_then():
             status = _same_everywhere(api, pb.StepRequest(session_id="d", inputs=ONE))
             info = _info(status)
             assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-            assert (info.reason, dict(info.metadata)) == ("QUEUE_FULL", {"max_queue_size": "2"})
+            assert info.reason == "QUEUE_FULL"
+            assert dict(info.metadata) == {"bound": "max_queue_size", "limit": "2"}
             # A refused implicit start leaves no session behind.
             start = pb.StepRequest(session_id="e", start=True, model="m", inputs=ONE)
             assert _info(_status(lambda: api.Step(start))).reason == "QUEUE_FULL"

@@ -157,7 +157,7 @@ def test_stop_waits_shutdown_grace_seconds_for_accepted_work(caplog: pytest.LogC
             stopper = threading.Thread(target=server.call, args=(server.server.stop(),))
             stopper.start()
             wait_until(
-                lambda: "accepted work did not finish within 0.5s" in caplog.text,
+                lambda: "shutdown grace (0.5s) ended" in caplog.text,
                 what="stop to give up on the held batch after the configured grace",
             )
             # The gRPC server's own grace is the same value: the held call is ended.

@@ -46,6 +46,9 @@ class Undecodable:
         self.size = size
         self.detail = detail
 
+    def ByteSize(self) -> int:  # protobuf's name: the stream's byte bound reads it
+        return self.size
+
     def error(self) -> InvalidInput:
         return InvalidInput(
             "request",
