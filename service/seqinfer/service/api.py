@@ -31,6 +31,7 @@ from seqinfer.service.errors import (
     SeqinferError,
     SessionExists,
     TooLarge,
+    internal,
 )
 from seqinfer.service.models.spec import InputKind, OutputKind
 from seqinfer.service.observer import Observer
@@ -39,7 +40,7 @@ from seqinfer.service.router import Router, check_session_id
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.scheduler import StepItem, StepOutcome
 from seqinfer.service.state import Session
-from seqinfer.service.status import internal, to_grpc_status
+from seqinfer.service.status import status_code, to_grpc_status
 from seqinfer.service.tensors import PROTO_DTYPES, encode
 from seqinfer.service.wire import Undecodable
 from seqinfer.v1 import seqinfer_pb2 as pb
@@ -143,7 +144,7 @@ def _handle(
                     raise request.error()
                 return await fn(self, request, context)
             except SeqinferError as error:
-                code = error.code.name
+                code = status_code(error).name
                 await context.abort_with_status(to_grpc_status(error))
                 raise  # abort_with_status raises; this line is for type checkers
             except asyncio.CancelledError:

@@ -1,9 +1,12 @@
-"""Domain exceptions.
+"""Domain exceptions, free of gRPC.
 
-Domain code raises these; ``seqinfer.service.status`` is the one place that
-turns them into gRPC statuses. Each carries the machine-readable reason that
-the contract's ``ErrorReason`` enum names, so the mapping is a table, not a
-chain of ``isinstance`` checks.
+Domain code (sessions, scheduler, inputs) raises these; ``seqinfer.service.status``
+is the one place that turns them into gRPC statuses. The engine side must not
+depend on the transport, so an exception carries only its ``reason``: the name
+of a value of the contract's ``ErrorReason`` enum. Which gRPC code a reason gets
+is a table in status.py, keyed by that enum. A subclass whose reason the enum
+does not name is refused when it is defined, so a typo cannot reach a client as
+an unknown reason.
 
 Messages and metadata often quote what the caller sent (a model name, a
 shape). They travel in the call's trailers, and gRPC drops trailers beyond
@@ -15,8 +18,11 @@ cut to a size far below that limit here, whatever the call site did.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
-import grpc
+# The generated messages, not the gRPC stubs: this names the contract's reasons
+# without importing grpc.
+from seqinfer.v1 import seqinfer_pb2 as pb
 
 # A status carries the message once (percent-encoded: up to 3 bytes per
 # byte) and again in the details (base64), with at most a few metadata
@@ -58,11 +64,29 @@ def echo(value: object, limit: int = ECHO_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-class SeqinferError(Exception):
-    """Base of every error a caller can cause or observe."""
+# Every name of the contract's ErrorReason enum a domain error may carry.
+REASONS: frozenset[str] = frozenset(pb.ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    reason: str = "INTERNAL_ERROR"
+
+def _require_known_reason(cls: type[SeqinferError]) -> None:
+    if cls.reason not in REASONS:
+        raise TypeError(
+            f"{cls.__qualname__}.reason = {cls.reason!r} is not a seqinfer.v1.ErrorReason"
+        )
+
+
+class SeqinferError(Exception):
+    """Base of every error a caller can cause or observe.
+
+    ``reason`` is the ErrorReason name the error travels as; a bare
+    ``SeqinferError`` is a server fault.
+    """
+
+    reason: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        _require_known_reason(cls)
 
     def __init__(self, message: str, **metadata: object) -> None:
         message = clip(message, MAX_MESSAGE_BYTES)
@@ -73,8 +97,10 @@ class SeqinferError(Exception):
         }
 
 
+_require_known_reason(SeqinferError)  # __init_subclass__ sees subclasses only
+
+
 class SessionNotFound(SeqinferError):
-    code = grpc.StatusCode.NOT_FOUND
     reason = "SESSION_NOT_FOUND"
 
 
@@ -87,31 +113,26 @@ class SessionEvicted(SessionNotFound):
 
 
 class SessionExists(SeqinferError):
-    code = grpc.StatusCode.ALREADY_EXISTS
     reason = "SESSION_EXISTS"
 
 
 class StepGap(SeqinferError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "STEP_GAP"
 
 
 class StepLimit(SeqinferError):
     """The step would take the session's counter past ``bounds.MAX_STEP``."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "STEP_LIMIT"
 
 
 class ModelNotFound(SeqinferError):
-    code = grpc.StatusCode.NOT_FOUND
     reason = "MODEL_NOT_FOUND"
 
 
 class InvalidInput(SeqinferError):
     """Malformed request content. ``field`` names the offending field."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_INPUT"
 
     def __init__(self, field: str, message: str, **metadata: object) -> None:
@@ -124,28 +145,38 @@ class TooLarge(InvalidInput):
 
 
 class QueueFull(SeqinferError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "QUEUE_FULL"
 
 
 class CapacityFull(SeqinferError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "CAPACITY_FULL"
 
 
 class Draining(SeqinferError):
-    code = grpc.StatusCode.UNAVAILABLE
     reason = "DRAINING"
 
 
 class DeadlineExceeded(SeqinferError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE"
 
 
 class Cancelled(SeqinferError):
-    code = grpc.StatusCode.CANCELLED
     reason = "CANCELLED_BY_CLIENT"
+
+
+class InternalError(SeqinferError):
+    """A server fault, never the caller's."""
+
+    reason = "INTERNAL_ERROR"
+
+
+def internal(exc: BaseException) -> InternalError:
+    """A server fault, reported without leaking internals beyond the exception type.
+
+    The text of an engine or encoding failure may name paths, addresses or
+    device handles; the caller gets the type, the server log the rest.
+    """
+    return InternalError(f"internal error ({type(exc).__name__}); see server log")
 
 
 class ModelLoadError(Exception):

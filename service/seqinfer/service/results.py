@@ -23,9 +23,9 @@ from typing import Any
 
 from google.rpc import error_details_pb2
 
-from seqinfer.service.errors import SeqinferError, TooLarge, clip
+from seqinfer.service.errors import SeqinferError, TooLarge, clip, internal
 from seqinfer.service.scheduler import StepOutcome
-from seqinfer.service.status import internal, to_status_proto
+from seqinfer.service.status import to_status_proto
 from seqinfer.service.tensors import fill_tensor
 from seqinfer.v1 import seqinfer_pb2 as pb
 

@@ -44,10 +44,10 @@ from seqinfer.service.errors import (
     StepGap,
     StepLimit,
     echo,
+    internal,
 )
 from seqinfer.service.observer import Observer
 from seqinfer.service.state import Session, SessionStore
-from seqinfer.service.status import internal
 from seqinfer.service.worker import SerialWorker
 
 log = logging.getLogger(__name__)
@@ -456,7 +456,7 @@ class Scheduler:
             self._wakeup.set()
 
     def _fail_batch(self, batch: list[StepItem], exc: Exception) -> None:
-        # The log has the details; the caller gets the type only (status.internal).
+        # The log has the details; the caller gets the type only (errors.internal).
         error = internal(exc)
         for item in batch:
             item.session.busy = False
