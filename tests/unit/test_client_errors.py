@@ -28,6 +28,7 @@ def rich_status(
         (code_pb2.NOT_FOUND, "SESSION_EVICTED", errors.SessionEvicted),
         (code_pb2.ALREADY_EXISTS, "SESSION_EXISTS", errors.SessionExists),
         (code_pb2.FAILED_PRECONDITION, "STEP_GAP", errors.StepGap),
+        (code_pb2.FAILED_PRECONDITION, "STEP_LIMIT", errors.StepLimit),
         (code_pb2.NOT_FOUND, "MODEL_NOT_FOUND", errors.ModelNotFound),
         (code_pb2.INVALID_ARGUMENT, "INVALID_INPUT", errors.InvalidInput),
         (code_pb2.INVALID_ARGUMENT, "TOO_LARGE", errors.TooLarge),
@@ -72,6 +73,18 @@ def test_metadata_fields() -> None:
     assert isinstance(bad, errors.InvalidInput)
     assert bad.field == "inputs"
     assert errors.StepGap("x").current_step is None
+    limit = errors.from_status(
+        rich_status(
+            code_pb2.FAILED_PRECONDITION,
+            "limit",
+            "STEP_LIMIT",
+            current_step="9007199254740991",
+            max_step="9007199254740991",
+        )
+    )
+    assert isinstance(limit, errors.StepLimit) and not isinstance(limit, errors.StepGap)
+    assert limit.current_step == limit.max_step == 2**53 - 1
+    assert errors.StepLimit("x").max_step is None
 
 
 def test_status_without_error_info_falls_back_to_code() -> None:

@@ -29,6 +29,7 @@ from seqinfer.client.errors import (
     SessionExpired,
     SessionNotFound,
     StepGap,
+    StepLimit,
     TooLarge,
     Unavailable,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "StepCall",
     "StepGap",
     "StepItem",
+    "StepLimit",
     "StepManyResult",
     "StepOutput",
     "StepStream",

@@ -67,6 +67,14 @@ class SeqinferError(Exception):
         )
 
 
+def _int_metadata(metadata: Mapping[str, str], key: str) -> int | None:
+    raw = metadata.get(key)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
 class SessionNotFound(SeqinferError):
     """No such session: never existed, closed, or (subclasses) expired/evicted."""
 
@@ -102,11 +110,29 @@ class StepGap(SeqinferError):
     @property
     def current_step(self) -> int | None:
         """The session's step counter on the server, when the server said it."""
-        raw = self.metadata.get("current_step")
-        try:
-            return int(raw) if raw is not None else None
-        except ValueError:
-            return None
+        return _int_metadata(self.metadata, "current_step")
+
+
+class StepLimit(SeqinferError):
+    """The step would take the session's counter past its maximum (2^53 - 1).
+
+    Nothing was applied. Not a ``StepGap``: the counter is where the client
+    thinks it is, it just cannot go further. Reset the session (``reset=True``)
+    or import a state with a smaller step.
+    """
+
+    default_code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "STEP_LIMIT"
+
+    @property
+    def current_step(self) -> int | None:
+        """The session's step counter on the server, when the server said it."""
+        return _int_metadata(self.metadata, "current_step")
+
+    @property
+    def max_step(self) -> int | None:
+        """The largest step counter the server keeps, when the server said it."""
+        return _int_metadata(self.metadata, "max_step")
 
 
 class ReplyLost(SeqinferError):
@@ -205,7 +231,7 @@ class InternalError(SeqinferError):
     default_reason = "INTERNAL_ERROR"
 
 
-_BY_REASON: dict[str, type[SeqinferError]] = {
+BY_REASON: Mapping[str, type[SeqinferError]] = {
     cls.default_reason: cls
     for cls in (
         SessionNotFound,
@@ -213,6 +239,7 @@ _BY_REASON: dict[str, type[SeqinferError]] = {
         SessionEvicted,
         SessionExists,
         StepGap,
+        StepLimit,
         ModelNotFound,
         InvalidInput,
         TooLarge,
@@ -224,6 +251,7 @@ _BY_REASON: dict[str, type[SeqinferError]] = {
         InternalError,
     )
 }
+"""The exception class of every ErrorReason the server sends (by reason name)."""
 
 # Used when a status has no seqinfer ErrorInfo, e.g. errors made by gRPC.
 _BY_CODE: dict[grpc.StatusCode, type[SeqinferError]] = {
@@ -239,7 +267,7 @@ _BY_CODE: dict[grpc.StatusCode, type[SeqinferError]] = {
 def _make(
     code: grpc.StatusCode, message: str, reason: str, metadata: Mapping[str, str]
 ) -> SeqinferError:
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, SeqinferError)
+    cls = BY_REASON.get(reason) or _BY_CODE.get(code, SeqinferError)
     # A status with no ErrorInfo must not pretend to carry a reason.
     return cls(message, code=code, reason=reason, metadata=metadata)
 

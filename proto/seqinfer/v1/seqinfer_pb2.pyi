@@ -197,7 +197,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     nothing was applied.
     """
     TOO_LARGE: _ErrorReason.ValueType  # 12
-    """INVALID_ARGUMENT/RESOURCE_EXHAUSTED: the message exceeds a size limit."""
+    """INVALID_ARGUMENT: the request or its reply exceeds a size limit. (A
+    message over the server's receive limit is refused by gRPC itself with
+    RESOURCE_EXHAUSTED and no ErrorInfo.)
+    """
     INTERNAL_ERROR: _ErrorReason.ValueType  # 13
     """INTERNAL: a server fault (never caused by the caller)."""
     CANCELLED_BY_CLIENT: _ErrorReason.ValueType  # 14
@@ -244,7 +247,10 @@ DEADLINE: ErrorReason.ValueType  # 11
 nothing was applied.
 """
 TOO_LARGE: ErrorReason.ValueType  # 12
-"""INVALID_ARGUMENT/RESOURCE_EXHAUSTED: the message exceeds a size limit."""
+"""INVALID_ARGUMENT: the request or its reply exceeds a size limit. (A
+message over the server's receive limit is refused by gRPC itself with
+RESOURCE_EXHAUSTED and no ErrorInfo.)
+"""
 INTERNAL_ERROR: ErrorReason.ValueType  # 13
 """INTERNAL: a server fault (never caused by the caller)."""
 CANCELLED_BY_CLIENT: ErrorReason.ValueType  # 14
