@@ -5,7 +5,10 @@
 The server runs in this process (metrics on: a real Prometheus exporter on a
 free loopback port; off: no exporter); the load runs in a separate process,
 one StreamSteps stream per session in ping-pong, or StepMany messages of all
-sessions. Prints steps/s per round and the on/off ratio of the medians.
+sessions. Prints steps/s and the server's CPU per step for each round, and
+the on/off ratios of the medians. The CPU figure is this process's CPU time
+(event loop, engine thread, exporter) over the round divided by the steps
+answered: on a shared machine it scatters far less than throughput does.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -36,8 +40,8 @@ def _request(index: int, start: bool, data: bytes) -> pb.StepRequest:
     )
 
 
-async def _load(address: str, transport: str, sessions: int, seconds: float) -> float:
-    """Steps per second the server answered (the load process's side)."""
+async def _load(address: str, transport: str, sessions: int, seconds: float) -> tuple[float, int]:
+    """Steps per second the server answered and how many (the load process's side)."""
     data = np.random.default_rng(0).random((1, 64), dtype=np.float32).tobytes()
     async with grpc.aio.insecure_channel(address) as channel:
         if transport == "many":
@@ -50,7 +54,7 @@ async def _load(address: str, transport: str, sessions: int, seconds: float) -> 
             while time.perf_counter() - started < seconds:
                 await call(payload)
                 steps += sessions
-            return steps / (time.perf_counter() - started)
+            return steps / (time.perf_counter() - started), steps
         count = [0]
         started = time.perf_counter()
 
@@ -66,7 +70,7 @@ async def _load(address: str, transport: str, sessions: int, seconds: float) -> 
             await call.done_writing()
 
         await asyncio.gather(*(session(i) for i in range(sessions)))
-        return count[0] / (time.perf_counter() - started)
+        return count[0] / (time.perf_counter() - started), count[0]
 
 
 def _free_port() -> int:
@@ -75,7 +79,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _one_round(transport: str, sessions: int, seconds: float, metrics: bool) -> float:
+@dataclass
+class Round:
+    steps_per_second: float
+    cpu_us_per_step: float  # this process's CPU time over the round / steps answered
+
+
+async def _one_round(transport: str, sessions: int, seconds: float, metrics: bool) -> Round:
     settings = Settings(
         host="127.0.0.1",
         port=0,
@@ -86,6 +96,7 @@ async def _one_round(transport: str, sessions: int, seconds: float, metrics: boo
     server = SeqinferServer(settings, [bench_gru()])
     await server.start()
     try:
+        cpu_started = time.process_time()
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -101,7 +112,9 @@ async def _one_round(transport: str, sessions: int, seconds: float, metrics: boo
             stdout=subprocess.PIPE,
         )
         out, _ = await process.communicate()
-        return float(out.decode().strip())
+        cpu = time.process_time() - cpu_started
+        rate, steps = out.decode().split()
+        return Round(float(rate), cpu * 1e6 / max(int(steps), 1))
     finally:
         await server.stop(1)
 
@@ -115,19 +128,31 @@ def main() -> None:
     parser.add_argument("--load-only", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_only:
-        print(asyncio.run(_load(args.load_only, args.transport, args.sessions, args.seconds)))
+        rate, steps = asyncio.run(
+            _load(args.load_only, args.transport, args.sessions, args.seconds)
+        )
+        print(rate, steps)
         return
-    on: list[float] = []
-    off: list[float] = []
+    on: list[Round] = []
+    off: list[Round] = []
     for index in range(args.rounds):
         off.append(asyncio.run(_one_round(args.transport, args.sessions, args.seconds, False)))
         on.append(asyncio.run(_one_round(args.transport, args.sessions, args.seconds, True)))
-        print(f"round {index}: metrics off {off[-1]:,.0f}, on {on[-1]:,.0f} steps/s", flush=True)
-    ratio = statistics.median(on) / statistics.median(off)
+        print(
+            f"round {index}: metrics off {off[-1].steps_per_second:,.0f}, "
+            f"on {on[-1].steps_per_second:,.0f} steps/s; server CPU per step "
+            f"off {off[-1].cpu_us_per_step:.1f}, on {on[-1].cpu_us_per_step:.1f} µs",
+            flush=True,
+        )
+    rate_on = statistics.median(r.steps_per_second for r in on)
+    rate_off = statistics.median(r.steps_per_second for r in off)
+    cpu_on = statistics.median(r.cpu_us_per_step for r in on)
+    cpu_off = statistics.median(r.cpu_us_per_step for r in off)
     print(
-        f"{args.transport} N={args.sessions}: metrics on/off = {ratio:.3f} "
-        f"(medians of {args.rounds}: on {statistics.median(on):,.0f}, "
-        f"off {statistics.median(off):,.0f} steps/s)"
+        f"{args.transport} N={args.sessions}: metrics on/off = {rate_on / rate_off:.3f} "
+        f"(medians of {args.rounds}: on {rate_on:,.0f}, off {rate_off:,.0f} steps/s); "
+        f"server CPU per step on/off = {cpu_on / cpu_off:.3f} "
+        f"(on {cpu_on:.1f}, off {cpu_off:.1f} µs)"
     )
 
 

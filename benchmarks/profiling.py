@@ -34,7 +34,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "service/status.py",
         ),
     ),
-    ("metrics / observer", ("service/metrics.py", "service/observer.py")),
+    ("metrics / observer", ("service/metrics/", "service/observer.py")),
     ("grpc core + Cython (HTTP/2, (de)serialisation)", ("cygrpc", "grpc/_cython", "libgrpc")),
     # Without --native, grpc.aio's Cython callbacks run inside Handle._run
     # with no frame of their own, so most of this group is grpc's work.

@@ -29,6 +29,10 @@ class RuntimeStats:
 class Observer:
     """No-op base. Every method must stay cheap: most are called on the hot path.
 
+    Every hook is called on the server's event loop thread (from the api, the
+    scheduler and the runtime; the engine thread reports nothing), so an
+    implementation needs no lock against itself.
+
     ``model`` arguments are "name:version" strings; reasons and methods come
     from small fixed sets, never from request content.
     """
