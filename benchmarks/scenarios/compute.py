@@ -4,7 +4,8 @@ Each timing is one ``GRUEngine.run`` over B single-timestep items whose
 sessions sit at scattered slots of a slab: gather (index_select), two
 ``gru_cell`` layers, scatter (index_copy_), the linear head, and the split of
 outputs per item. Items are built before the clock starts (building them is
-the scheduler's job, measured with the server). Torch uses the thread count
+the scheduler's job, measured with the server), with inputs as the api hands
+them to the engine: numpy views of request bytes, joined once per batch. Torch uses the thread count
 the server would use, so this is the ceiling of what the server's engine
 thread can deliver on this machine.
 """
@@ -15,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from seqinfer.service.engine import EngineItem, GRUEngine
@@ -40,10 +42,18 @@ class ComputePoint:
 
 
 def _items(model: LoadedModel, batch: int, capacity: int, seed: int) -> list[EngineItem]:
-    generator = torch.Generator().manual_seed(seed)
-    slots = torch.randperm(capacity, generator=generator)[:batch].tolist()
+    """Items as the api builds them: read-only float32 numpy views of request bytes."""
+    rng = np.random.default_rng(seed)
+    slots = rng.permutation(capacity)[:batch].tolist()
     size = model.spec.input_size
-    return [EngineItem(slot=s, inputs=torch.randn(1, size, generator=generator)) for s in slots]
+    return [
+        EngineItem(slot=s, inputs=np.frombuffer(_wire_floats(rng, size), "<f4").reshape(1, size))
+        for s in slots
+    ]
+
+
+def _wire_floats(rng: np.random.Generator, count: int) -> bytes:
+    return rng.standard_normal(count).astype("<f4").tobytes()
 
 
 def measure_engine(

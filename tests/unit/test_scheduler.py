@@ -60,7 +60,7 @@ class Harness:
 
     def item(self, session, x, **kw) -> StepItem:
         future = asyncio.get_running_loop().create_future()
-        return StepItem(session, torch.from_numpy(x), future, output_mode=OutputMode.ALL, **kw)
+        return StepItem(session, x, future, output_mode=OutputMode.ALL, **kw)
 
 
 async def _until(predicate: Any, what: str, timeout: float = 60) -> None:

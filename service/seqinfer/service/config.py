@@ -2,7 +2,9 @@
 
 Nothing is read at import time: ``load_settings`` is called once by the CLI
 (or by tests with explicit values), and everything downstream receives the
-validated ``Settings`` object.
+validated ``Settings`` object. Nor is anything kept between loads: each
+load ranks its own YAML file through a class of its own, so two loads in one
+process (tests, threads) never see each other's values.
 """
 
 from __future__ import annotations
@@ -160,11 +162,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: CLI flags (init) over env over the YAML file.
-        return (init_settings, env_settings, _YamlSource(settings_cls, _yaml_values.get()))
+        # Built directly (tests, benchmarks): keyword values over env; no files.
+        # load_settings adds the YAML file below env (see _with_yaml).
+        return (init_settings, env_settings)
 
 
 class _YamlSource(PydanticBaseSettingsSource):
+    """One load's YAML values, ranked below env and CLI flags by ``_with_yaml``."""
+
     def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
         super().__init__(settings_cls)
         self._values = values
@@ -176,20 +181,28 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
-class _YamlValues:
-    """Carries the YAML file's values into the settings source for one load."""
+def _with_yaml(values: dict[str, Any]) -> type[Settings]:
+    """A Settings class for one load whose lowest-ranked source is that load's YAML.
 
-    def __init__(self) -> None:
-        self._values: dict[str, Any] = {}
+    pydantic-settings builds sources in a classmethod, which sees no
+    constructor arguments; a class per load carries the values in a closure,
+    so concurrent loads (or tests in one process) cannot see each other's file.
+    """
 
-    def get(self) -> dict[str, Any]:
-        return self._values
+    class _LoadedSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # First wins: CLI flags (init) over env over the YAML file.
+            return (init_settings, env_settings, _YamlSource(settings_cls, values))
 
-    def set(self, values: dict[str, Any]) -> None:
-        self._values = values
-
-
-_yaml_values = _YamlValues()
+    return _LoadedSettings
 
 
 def read_yaml_config(path: Path) -> dict[str, Any]:
@@ -210,17 +223,18 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build validated settings; ``overrides`` are CLI flags (None means "not given")."""
     given = {key: value for key, value in overrides.items() if value is not None}
-    _yaml_values.set(read_yaml_config(config_file) if config_file else {})
+    settings_cls = _with_yaml(read_yaml_config(config_file) if config_file else {})
     try:
-        return Settings(**given)
+        loaded = settings_cls(**given)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
-    finally:
-        _yaml_values.set({})
+    # Hand back a plain Settings (equal to one built directly with the same
+    # values); the per-load class only existed to rank its sources.
+    return Settings.model_construct(_fields_set=loaded.model_fields_set, **dict(loaded))
 
 
 def torch_thread_count(settings: Settings) -> int:

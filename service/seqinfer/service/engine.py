@@ -30,9 +30,10 @@ class EngineItem:
     """One session's work in a batch."""
 
     slot: int
-    # [T, input_size] floats (dense) or [T] integer ids (tokens); numpy from the
-    # api (converted per batch, not per item), or torch.
-    inputs: np.ndarray | torch.Tensor
+    # [T, input_size] floats (dense) or [T] integer ids (tokens): numpy, as the
+    # api decodes them (views of the request's bytes), converted to torch once
+    # per batch rather than per item.
+    inputs: np.ndarray
     reset: bool = False
     output_mode: OutputMode = OutputMode.LAST
     return_state: bool = False
@@ -92,14 +93,10 @@ class GRUEngine:
             device=self.device,
         )
 
-    def _embed(self, parts: list[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    def _embed(self, parts: list[np.ndarray]) -> torch.Tensor:
         """Concatenate items' inputs along T and bring them to the model's input space."""
-        if isinstance(parts[0], np.ndarray):
-            # np.concatenate copies, so the read-only request buffers are never aliased.
-            x = torch.from_numpy(np.concatenate(parts))  # type: ignore[arg-type]
-        else:
-            x = torch.cat(parts)  # type: ignore[arg-type]
-        x = x.to(self.device, non_blocking=True)
+        # np.concatenate copies, so the read-only request buffers are never aliased.
+        x = torch.from_numpy(np.concatenate(parts)).to(self.device, non_blocking=True)
         if self.embedding is None:
             return x.to(self.spec.torch_dtype)
         return self.embedding[x.long()]

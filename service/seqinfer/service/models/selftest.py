@@ -109,6 +109,9 @@ def self_test(
     ref_dtype = spec.torch_dtype if spec.dtype in {"float32", "float64"} else torch.float32
     reference = ReferenceModule(model, ref_dtype)
     ref_inputs = inputs if spec.input_kind is InputKind.TOKENS else inputs.to(ref_dtype)
+    # The engine takes numpy, as the api decodes it; numpy has no bfloat16, so
+    # those values go as float32 (exactly, as the api sends bfloat16 requests).
+    engine_inputs = (inputs.float() if inputs.dtype is torch.bfloat16 else inputs).numpy()
 
     # Slots 1.. rather than 0..: a slot-indexing slip shows up as a mismatch.
     slab = engine.new_slab(sessions + 2)
@@ -124,7 +127,7 @@ def self_test(
                 continue
             t0, length = positions[s], plans[s][r]
             positions[s] += length
-            chunk = inputs[s, t0 : t0 + length]
+            chunk = engine_inputs[s, t0 : t0 + length]
             items.append(
                 EngineItem(
                     slot=slots[s],
