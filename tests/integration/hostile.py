@@ -9,6 +9,8 @@ must be what they were, bit for bit, and the server must still step it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -61,6 +63,15 @@ class Bystander:
         after = self.api.ExportState(pb.ExportStateRequest(session_id=self.session_id))
         assert after.state.data == self.before.state.data, "the bystander's state changed"
         assert after.session.step == self.before.session.step == 5
+
+
+@contextmanager
+def watching(api: pb_grpc.SeqinferStub, model: str, session_id: str) -> Iterator[Bystander]:
+    """A bystander for the block: checked bit for bit at its end, then closed."""
+    watcher = Bystander(api, model, session_id)
+    yield watcher
+    watcher.check()
+    api.CloseSession(pb.CloseSessionRequest(session_id=session_id))
 
 
 def raw_unary(channel: grpc.Channel, method: str) -> Any:

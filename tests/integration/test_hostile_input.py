@@ -18,12 +18,12 @@ from seqinfer.v1 import seqinfer_pb2 as pb
 from tests.integration.hostile import (
     FORBIDDEN,
     INVALID,
-    Bystander,
     ones,
     raw_unary,
     refused,
     result_refused,
     state_of,
+    watching,
 )
 from tests.support import error_reason, make_model, running_server, stub, to_tensor
 
@@ -49,10 +49,8 @@ def api(server):
 
 @pytest.fixture(autouse=True)
 def bystander(api):
-    watcher = Bystander(api, "dense", "bystander-input")
-    yield
-    watcher.check()
-    api.CloseSession(pb.CloseSessionRequest(session_id=watcher.session_id))
+    with watching(api, "dense", "bystander-input"):
+        yield
 
 
 def _edge_session(api, session_id: str, step: int) -> None:

@@ -16,11 +16,11 @@ import pytest
 from seqinfer.v1 import seqinfer_pb2 as pb
 from tests.integration.hostile import (
     INVALID,
-    Bystander,
     bf16_tensor,
     model_in,
     refused,
     state_of,
+    watching,
 )
 from tests.support import running_server, stub, to_tensor
 
@@ -42,10 +42,8 @@ def api():
 
 @pytest.fixture(autouse=True)
 def bystander(api):
-    watcher = Bystander(api, "f32", "bystander-values")
-    yield
-    watcher.check()
-    api.CloseSession(pb.CloseSessionRequest(session_id=watcher.session_id))
+    with watching(api, "f32", "bystander-values"):
+        yield
 
 
 def _tensor(wire: str, value: float, shape: list[int]) -> pb.Tensor:

@@ -20,11 +20,11 @@ from tests.integration.hostile import (
     FORBIDDEN,
     INVALID,
     SERVICE,
-    Bystander,
     ones,
     raw_unary,
     result_refused,
     state_of,
+    watching,
 )
 from tests.support import error_reason, make_model, running_server, stub
 
@@ -61,10 +61,8 @@ def api(server):
 
 @pytest.fixture(autouse=True)
 def bystander(api):
-    watcher = Bystander(api, "dense", "bystander-wire")
-    yield
-    watcher.check()
-    api.CloseSession(pb.CloseSessionRequest(session_id=watcher.session_id))
+    with watching(api, "dense", "bystander-wire"):
+        yield
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 from seqinfer.service import inputs, results
 from seqinfer.v1 import seqinfer_pb2 as pb
-from tests.integration.hostile import INVALID, Bystander, ones, refused, result_refused, state_of
+from tests.integration.hostile import INVALID, ones, refused, result_refused, state_of, watching
 from tests.support import error_reason, make_model, running_server, stub, to_tensor
 
 LIMIT = 64 * 1024
@@ -41,10 +41,8 @@ def api():
 
 @pytest.fixture(autouse=True)
 def bystander(api):
-    watcher = Bystander(api, "dense", "bystander-replies")
-    yield
-    watcher.check()
-    api.CloseSession(pb.CloseSessionRequest(session_id=watcher.session_id))
+    with watching(api, "dense", "bystander-replies"):
+        yield
 
 
 @pytest.fixture
