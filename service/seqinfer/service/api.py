@@ -419,6 +419,7 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             request.return_state,
             deadline,
             created,
+            reply_bytes=reply,
         )
         try:
             runtime.submit(item)

@@ -85,7 +85,9 @@ class StepItem:
     enqueued_at: float = field(default_factory=time.monotonic)
     timesteps: int = field(init=False)
     nbytes: int = field(init=False)  # of the inputs: a view of the request's bytes
-    reply_bytes: int = 0  # what the reply will carry, set by ``Scheduler.submit``
+    # Upper bound of the reply, from ``replies.result_bytes`` (the api computes
+    # it for the size check); a stream counts it against its unsent bytes.
+    reply_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.timesteps = int(self.inputs.shape[0])
@@ -122,12 +124,6 @@ class Scheduler:
         self.max_queue_bytes = max_queue_bytes
         self.max_session_queue_size = max_session_queue_size
         self.max_session_queue_bytes = max_session_queue_bytes
-        spec = engine.spec
-        # An upper bound of what a reply carries: outputs leave in the model
-        # dtype, or float32 for bfloat16 models (numpy has no bfloat16).
-        itemsize = max(spec.torch_dtype.itemsize, 4)
-        self._row_bytes = spec.out_features * itemsize
-        self._state_bytes = spec.num_layers * spec.hidden_size * itemsize
         self.inline_max_timesteps = inline_max_timesteps
         self.observer = observer
         self._on_session_closed = on_session_closed
@@ -176,11 +172,6 @@ class Scheduler:
                 self.max_session_queue_bytes,
                 "input bytes queued for the session",
             )
-        mode = item.output_mode
-        reply = self._row_bytes if mode is OutputMode.LAST else 0
-        if mode is OutputMode.ALL:
-            reply = self._row_bytes * item.timesteps
-        item.reply_bytes = reply + self._state_bytes if item.return_state else reply
         pending.append(item)
         session.pending_bytes += size
         self.queue_depth += 1
