@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from google.rpc import status_pb2
 
-from seqinfer.service.api import SeqinferServicer
+from seqinfer.service.guard import CallGuard
 from seqinfer.service.observer import Observer
+from seqinfer.service.servicer import SeqinferServicer
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 from tests.support import (
@@ -190,11 +191,15 @@ def test_server_refuses_a_step_whose_deadline_passed_in_the_queue_with_deadline(
 
         async def late_step() -> None:
             srv = server.server
-            assert srv.router is not None
-            servicer = SeqinferServicer(srv.router, srv.settings, srv.observer, srv.lifecycle)
+            assert srv.engine is not None
+            servicer = SeqinferServicer(srv.engine, srv.settings)
+            # Wrapped as every registered handler is: the guard gives the status.
+            step = CallGuard(srv.observer, srv.settings.max_concurrent_rpcs).unary(
+                "Step", servicer.Step
+            )
             request = pb.StepRequest(session_id="late", inputs=to_tensor(x))
             with pytest.raises(grpc.aio.AbortError):
-                await servicer.Step(request, context)
+                await step(request, context)
 
         with gated(server) as gate:
             blocker = api.Step.future(

@@ -44,7 +44,7 @@ def _scheduler(server):
 
 def _closing(server, session_id: str) -> bool:
     def check() -> bool:
-        session = server.server.runtimes[0].store.sessions.get(session_id)
+        session = server.server.runtimes[0].table.by_id.get(session_id)
         return session is not None and session.close_waiter is not None
 
     return bool(server.run_sync(check))

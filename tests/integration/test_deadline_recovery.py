@@ -70,7 +70,7 @@ def test_deadline_in_the_engine_then_recover_returns_the_cached_reply():
 
 
 def _expired(server, session_id: str) -> bool:
-    session = server.server.runtimes[0].store.sessions[session_id]
+    session = server.server.runtimes[0].table.by_id[session_id]
     item = session.pending[0]
     return item.future.done() or time.monotonic() >= item.deadline
 

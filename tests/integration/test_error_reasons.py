@@ -104,7 +104,7 @@ def _queue_depth(server: Any, name: str) -> int:
 def _pending(server: Any, sid: str) -> list[Any]:
     """A session's queued StepItems (call on the server's loop)."""
     for runtime in server.server.runtimes:
-        session = runtime.store.sessions.get(sid)
+        session = runtime.table.by_id.get(sid)
         if session is not None:
             return list(session.pending or ())
     raise KeyError(sid)
@@ -202,7 +202,7 @@ def test_draining_refuses_new_work_with_draining_while_accepted_work_finishes():
             stopper = threading.Thread(target=server.stop, kwargs={"grace": 60})
             stopper.start()
             # Drain waits for the held batch, so the listener is still up.
-            wait_until(lambda: server.server.lifecycle.draining, what="drain started")
+            wait_until(lambda: server.server.engine.draining, what="drain started")
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
             status = _same_everywhere(api, pb.StepRequest(session_id="b", inputs=ONE))
@@ -236,7 +236,7 @@ def _fail_batches_of(server: Any, victim: str, times: int) -> None:
 
     def patch() -> None:
         (runtime,) = server.server.runtimes
-        slot = runtime.store.sessions[victim].slot
+        slot = runtime.table.by_id[victim].slot
         real = runtime.engine.run
         left = [times]
 

@@ -19,6 +19,7 @@ import pytest
 
 from seqinfer.client import QueueFull, RetryPolicy
 from seqinfer.client.errors import from_rpc_error, from_status
+from seqinfer.service.observer import Observer
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 from tests.support import (
@@ -136,14 +137,14 @@ def test_stream_stops_reading_at_its_unsent_bound():
         _open(s, *(f"s{i}" for i in range(total)))
         runtime = server.server.runtimes[0]
         most = [0]
-        submit = runtime.submit
+        submit = runtime.scheduler.submit
 
         def counting(item: Any) -> None:  # on the server's loop, like submit itself
             submit(item)
             scheduler = runtime.scheduler
             most[0] = max(most[0], scheduler.queue_depth + scheduler.in_flight)
 
-        server.run_sync(lambda: setattr(runtime, "submit", counting))
+        server.run_sync(lambda: setattr(runtime.scheduler, "submit", counting))
         sent = threading.Event()
 
         def requests():
@@ -200,11 +201,23 @@ def test_a_burst_of_3000_unary_calls_on_one_channel_all_reach_seqinfer():
     with running_server([MODEL]) as server:
         codes = asyncio.run(_burst(server.address, 3000))
         assert codes == Counter({"OK": 3000})
-        assert len(server.server.runtimes[0].store) == 3000
+        assert len(server.server.runtimes[0].table) == 3000
+
+
+class _Rejections(Observer):
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def request_rejected(self, model: str, reason: str) -> None:
+        self.reasons.append(reason)
 
 
 def test_queue_full_in_a_stream_result_names_its_bound():
-    with running_server([MODEL], max_session_queue_size=1) as server, stub(server.address) as s:
+    rejections = _Rejections()
+    with (
+        running_server([MODEL], observer=rejections, max_session_queue_size=1) as server,
+        stub(server.address) as s,
+    ):
         _open(s, "q")
         with gated(server) as gate:
             held = s.Step.future(_req("q", _x(1)))
@@ -212,6 +225,9 @@ def test_queue_full_in_a_stream_result_names_its_bound():
             # The first is queued behind the held one, the second finds the queue full.
             stream = s.StreamSteps(iter([_req("q", _x(1)) for _ in range(2)]))
             wait_until(lambda: _queued(server) == 1)
+            # Read and refused while the engine is still held (else it could be
+            # read after the queue emptied, and be accepted).
+            wait_until(lambda: "backpressure" in rejections.reasons, what="the refusal")
             gate.open()
             results = list(stream)
             assert held.result(60).step == 1

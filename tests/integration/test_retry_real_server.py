@@ -162,7 +162,7 @@ def proxied(port: int) -> Iterator[Proxy]:
 
 
 def _session(server: Any, sid: str) -> Any:
-    return server.server.runtimes[0].store.sessions[sid]
+    return server.server.runtimes[0].table.by_id[sid]
 
 
 def _step_of(server: Any, sid: str) -> int:

@@ -144,7 +144,7 @@ def test_idle_ttl_expiry_is_reported_as_expired():
     # default" would expire "kept" too.
     settings = {"sweep_interval_seconds": 0.05, "idle_ttl_seconds": 0.2}
     with running_server([MODEL], **settings) as srv, stub(srv.address) as api:
-        store = srv.server.runtimes[0].store
+        store = srv.server.runtimes[0].table
         api.OpenSession(pb.OpenSessionRequest(model="m", session_id="kept", idle_ttl_seconds=0))
         api.OpenSession(pb.OpenSessionRequest(model="m", session_id="short"))  # the default
         # Only the sweeper removes an expired session: wait for it to have done so.

@@ -135,7 +135,7 @@ def test_device_auto_picks_cuda_when_present_else_cpu():
         (model,) = api.ListModels(pb.ListModelsRequest()).models
         assert model.device.split(":")[0] == expected
         (runtime,) = server.server.runtimes
-        assert runtime.store.slab.device.type == expected
+        assert runtime.slab.tensor.device.type == expected
         assert runtime.engine.gru.weight_hh_l0.device.type == expected
         assert api.Step(pb.StepRequest(session_id="s", start=True, inputs=ONE)).step == 1
 

@@ -132,10 +132,21 @@ def test_a_domain_error_with_a_reason_the_proto_lacks_is_refused_when_defined():
             reason = "NOT_A_REASON"
 
 
-# Modules that speak gRPC (servicer, converter, server, codec, reply encoding,
-# reflection, the health probe). Every other module of the package is domain
-# code and must not import grpc.
-GRPC_SIDE = {"api", "status", "server", "wire", "results", "reflection", "healthcheck"}
+# Modules of the gRPC side (servicer, converter, stream, call guard, status, server,
+# codec, reply encoding, reflection, the health probe). Every other module is the engine side
+# or shared domain code and must not import grpc.
+GRPC_SIDE = {
+    "servicer",
+    "convert",
+    "stream",
+    "guard",
+    "status",
+    "server",
+    "wire",
+    "results",
+    "reflection",
+    "healthcheck",
+}
 
 _PROBE = """
 import importlib, sys

@@ -28,7 +28,7 @@ from seqinfer.service.errors import (
 )
 from seqinfer.service.models.spec import InputKind, ModelSpec, OutputKind
 from seqinfer.service.results import ResultBuilder, compact
-from seqinfer.service.scheduler import StepOutcome
+from seqinfer.service.protocol import StepOutcome
 from seqinfer.service.status import to_status_proto
 from seqinfer.v1 import seqinfer_pb2 as pb
 
@@ -69,7 +69,7 @@ def _id_bytes(session_id: str, request_id: str) -> int:
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "bfloat16"])
 @pytest.mark.parametrize("mode", list(OutputMode))
 @pytest.mark.parametrize("ids", IDS)
-def test_result_bytes_bounds_the_serialized_result(loop, dtype, mode, ids):
+def test_result_bytes_bounds_the_serialized_result(dtype, mode, ids):
     spec = dataclasses.replace(SPEC, dtype=dtype)
     shape = replies.reply_shape(spec)
     out_dtype = np.float32 if dtype == "bfloat16" else np.dtype(dtype)
@@ -82,7 +82,7 @@ def test_result_bytes_bounds_the_serialized_result(loop, dtype, mode, ids):
     state = np.ones((spec.num_layers, spec.hidden_size), out_dtype)
     outcome = StepOutcome(*ids, MAX_STEP, outputs, state, True, True, True)
     response = pb.StepManyResponse()
-    BUILDER.fill(response.results.add(), pb.StepRequest(), _done(outcome, loop))
+    BUILDER.fill(response.results.add(), "", "", outcome)
     # In a StepManyResponse: the result's own tag and length are counted too.
     bound = replies.result_bytes(shape, timesteps, mode, True, _id_bytes(*ids))
     assert response.ByteSize() <= bound
@@ -122,10 +122,10 @@ def _worst_error() -> SeqinferError:
 
 
 @pytest.mark.parametrize("ids", IDS)
-def test_a_compacted_error_fits_the_smallest_estimate(loop, ids):
+def test_a_compacted_error_fits_the_smallest_estimate(ids):
     result = pb.StepResult()
     request = pb.StepRequest(session_id=ids[0], request_id=ids[1])
-    BUILDER.fill(result, request, _done(_worst_error(), loop))
+    BUILDER.fill(result, request.session_id, request.request_id, _worst_error())
     compact(result)
     assert result.error.details  # still says which reason
     holder = pb.StepManyResponse()

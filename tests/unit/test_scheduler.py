@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from seqinfer.service.config import Settings
 from seqinfer.service.engine import GRUEngine, OutputMode
 from seqinfer.service.errors import DeadlineExceeded, QueueFull, StepGap
 from seqinfer.service.observer import Observer
-from seqinfer.service.scheduler import Scheduler, StepItem
-from seqinfer.service.state import SessionStore
+from seqinfer.service.scheduler import Scheduler
+from seqinfer.service.sessions import SessionTable
+from seqinfer.service.slab import StateSlab
+from seqinfer.service.work import StepItem
 from seqinfer.service.worker import SerialWorker
 from tests.support import make_model, reference_run
 
@@ -33,28 +36,42 @@ class Recorder(Observer):
 
 
 class Harness:
+    """A scheduler wired as ``ModelRuntime`` wires it, with the server's default
+    settings unless a test overrides one (so unit tests run production's mode)."""
+
     def __init__(self, **kw) -> None:
         self.model = make_model("dense")
         self.executor = SerialWorker("test-engine")
         engine = GRUEngine(self.model, torch.device("cpu"))
-        self.store = SessionStore(
-            engine,
-            self.executor,
-            initial_capacity=64,
-            max_sessions=64,
-            eviction="reject",
-            default_ttl=0.0,
+        self.slab = StateSlab(engine, initial_capacity=64, max_capacity=64)
+
+        def release(slot: int) -> None:
+            self.executor.submit(self.slab.write, slot, None)
+            self.slab.release(slot)
+
+        self.table = SessionTable(
+            self.slab, release, max_sessions=64, eviction="reject", default_ttl=0.0
         )
         self.observer = Recorder()
-        options = {"max_batch_size": 64, "max_batch_delay": 0.0, "max_queue_size": 1000}
+        defaults = Settings()
+        options = {
+            "max_batch_size": 64,
+            "max_batch_delay": 0.0,
+            "max_queue_size": 1000,
+            "max_queue_bytes": defaults.max_queue_bytes,
+            "max_session_queue_size": defaults.max_session_queue_size,
+            "max_session_queue_bytes": defaults.max_session_queue_bytes,
+            "inline_max_timesteps": defaults.inline_max_timesteps,
+        }
         options.update(kw)
         self.scheduler = Scheduler(
             "tiny:1",
             engine,
-            self.store,
+            self.slab,
+            self.table,
             self.executor,
             observer=self.observer,
-            on_session_closed=lambda s, r: self.store.remove(s),
+            on_session_closed=lambda s, r: self.table.remove(s),
             **options,
         )
 
@@ -81,7 +98,7 @@ async def harness():
 
 
 async def test_pipelined_steps_of_one_session_apply_in_order_one_per_batch(harness):
-    session = harness.store.create("a", None)[0]
+    session = harness.table.create("a", None)[0]
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((1, 8)).astype(np.float32) for _ in range(10)]
     items = [harness.item(session, x) for x in xs]
@@ -92,7 +109,7 @@ async def test_pipelined_steps_of_one_session_apply_in_order_one_per_batch(harne
     assert len(harness.observer.batches) == 10  # never two of one session in a batch
     want, state = reference_run(harness.model, np.concatenate(xs))
     np.testing.assert_allclose(np.concatenate([o.outputs for o in outcomes]), want, atol=1e-5)
-    np.testing.assert_allclose(harness.store.slab[:, session.slot], state, atol=1e-5)
+    np.testing.assert_allclose(harness.slab.tensor[:, session.slot], state, atol=1e-5)
 
 
 @pytest.mark.parametrize("inline_max_timesteps", [0, 1])
@@ -101,7 +118,7 @@ async def test_many_sessions_share_a_batch(inline_max_timesteps: int):
     # to back must still be batched, not each computed alone as it arrives.
     h = Harness(inline_max_timesteps=inline_max_timesteps)
     h.scheduler.start()
-    sessions = [h.store.create(f"s{i}", None)[0] for i in range(20)]
+    sessions = [h.table.create(f"s{i}", None)[0] for i in range(20)]
     items = [h.item(s, np.ones((1, 8), np.float32)) for s in sessions]
     for it in items:
         h.scheduler.submit(it)
@@ -112,7 +129,7 @@ async def test_many_sessions_share_a_batch(inline_max_timesteps: int):
 
 
 async def test_expected_step_applies_replays_and_rejects_gaps(harness):
-    session = harness.store.create("a", None)[0]
+    session = harness.table.create("a", None)[0]
     x = np.ones((2, 8), np.float32)
     first = harness.item(session, x, request_id="r1", expected_step=0)
     harness.scheduler.submit(first)
@@ -132,7 +149,7 @@ async def test_expected_step_applies_replays_and_rejects_gaps(harness):
 
 
 async def test_expired_deadline_and_cancelled_items_change_nothing(harness):
-    session = harness.store.create("a", None)[0]
+    session = harness.table.create("a", None)[0]
     late = harness.item(session, np.ones((1, 8), np.float32), deadline=time.monotonic() - 1)
     gone = harness.item(session, np.ones((1, 8), np.float32))
     gone.future.cancel()
@@ -142,13 +159,13 @@ async def test_expired_deadline_and_cancelled_items_change_nothing(harness):
         await late.future
     await harness.scheduler.drain()
     assert session.step == 0
-    assert torch.count_nonzero(harness.store.slab[:, session.slot]) == 0
+    assert torch.count_nonzero(harness.slab.tensor[:, session.slot]) == 0
     assert sorted(harness.observer.rejected) == ["cancelled", "deadline"]
 
 
 async def test_queue_limit_rejects_with_queue_full():
     h = Harness(max_queue_size=2)  # loop not started: items stay queued
-    session = h.store.create("a", None)[0]
+    session = h.table.create("a", None)[0]
     h.scheduler.submit(h.item(session, np.ones((1, 8), np.float32)))
     h.scheduler.submit(h.item(session, np.ones((1, 8), np.float32)))
     with pytest.raises(QueueFull):
@@ -168,7 +185,7 @@ async def test_tiny_batches_run_inline_only_while_the_engine_thread_is_idle():
         return compute(items)
 
     h.scheduler._compute = recording  # type: ignore[method-assign]
-    session = h.store.create("a", None)[0]
+    session = h.table.create("a", None)[0]
     one = h.item(session, np.ones((1, 8), np.float32))
     h.scheduler.submit(one)
     await one.future
@@ -179,8 +196,8 @@ async def test_tiny_batches_run_inline_only_while_the_engine_thread_is_idle():
     h.executor.submit(release.wait)  # the engine thread is busy with other slab work
     three = h.item(session, np.ones((1, 8), np.float32))
     h.scheduler.submit(three)
-    # in_flight is set only on the way to the engine thread: an inline run
-    # would have finished within the scheduler's one step instead.
+    # An inline run sets and clears in_flight without yielding to this test:
+    # seeing it set means the batch is waiting for the worker.
     await _until(lambda: h.scheduler.in_flight == 1, "the batch to go to the engine thread")
     assert not three.future.done()  # it queued behind that work instead of running inline
     release.set()
@@ -196,7 +213,7 @@ async def test_batch_delay_gathers_late_arrivals_and_ends_when_the_batch_is_full
     # A window far longer than the test: only a full batch can end it early.
     h = Harness(max_batch_delay=60.0, max_batch_size=3)
     h.scheduler.start()
-    sessions = [h.store.create(f"s{i}", None)[0] for i in range(3)]
+    sessions = [h.table.create(f"s{i}", None)[0] for i in range(3)]
     items = [h.item(s, np.ones((1, 8), np.float32)) for s in sessions]
     started = time.monotonic()
     h.scheduler.submit(items[0])

@@ -1,4 +1,4 @@
-"""Slot allocator, growth, capacity, LRU eviction and TTL expiry of the session store."""
+"""Slot allocator, growth, capacity (slab), LRU eviction and TTL expiry (session table)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 
 from seqinfer.service.engine import GRUEngine
 from seqinfer.service.errors import CapacityFull, SessionEvicted, SessionExists, SessionExpired
-from seqinfer.service.state import SessionStore
+from seqinfer.service.sessions import SessionTable
+from seqinfer.service.slab import StateSlab
 from tests.support import make_model
 
 
@@ -19,23 +20,30 @@ def executor():
         yield pool
 
 
-def _store(executor, **kw) -> SessionStore:
+def _store(executor, *, initial_capacity=2, max_sessions=5, **kw) -> tuple[StateSlab, SessionTable]:
+    """A slab and its table, wired as ModelRuntime wires them (zeroing on the executor)."""
     engine = GRUEngine(make_model("dense"), torch.device("cpu"))
-    options = {"initial_capacity": 2, "max_sessions": 5, "eviction": "reject", "default_ttl": 0.0}
+    slab = StateSlab(engine, initial_capacity=initial_capacity, max_capacity=max_sessions)
+
+    def release(slot: int) -> None:
+        executor.submit(slab.write, slot, None)
+        slab.release(slot)
+
+    options = {"eviction": "reject", "default_ttl": 0.0}
     options.update(kw)
-    return SessionStore(engine, executor, **options)
+    return slab, SessionTable(slab, release, max_sessions=max_sessions, **options)
 
 
 def test_slots_are_distinct_and_capacity_doubles_to_the_limit(executor):
-    store = _store(executor)
+    slab, store = _store(executor)
     slots = []
     for i in range(5):
-        if store.needs_growth():
-            store.grow()
+        if slab.needs_growth():
+            slab.grow()
         slots.append(store.create(f"s{i}", None)[0].slot)
     assert sorted(slots) == [0, 1, 2, 3, 4]
-    assert store.capacity == 5 and store.slab.shape == (2, 5, 16)
-    assert not store.needs_growth()
+    assert slab.capacity == 5 and slab.tensor.shape == (2, 5, 16)
+    assert not slab.needs_growth()
     with pytest.raises(CapacityFull):
         store.create("s5", None)
     with pytest.raises(SessionExists):
@@ -43,27 +51,27 @@ def test_slots_are_distinct_and_capacity_doubles_to_the_limit(executor):
 
 
 def test_growth_keeps_existing_states(executor):
-    store = _store(executor, max_sessions=8)
+    slab, store = _store(executor, max_sessions=8)
     a, _ = store.create("a", None)
-    store.write_state(a.slot, torch.full((2, 16), 3.0))
+    slab.write(a.slot, torch.full((2, 16), 3.0))
     store.create("b", None)
-    store.grow()
-    assert torch.equal(store.read_state(a.slot), torch.full((2, 16), 3.0))
+    slab.grow()
+    assert torch.equal(slab.read(a.slot), torch.full((2, 16), 3.0))
 
 
 def test_freed_slot_is_zeroed_before_reuse(executor):
-    store = _store(executor)
+    slab, store = _store(executor)
     a, _ = store.create("a", None)
-    store.write_state(a.slot, torch.ones(2, 16))
+    slab.write(a.slot, torch.ones(2, 16))
     store.remove(a)
     b, _ = store.create("b", None)
     assert b.slot == a.slot
     executor.submit(lambda: None).result()  # the zeroing ran on the engine thread
-    assert torch.count_nonzero(store.read_state(b.slot)) == 0
+    assert torch.count_nonzero(slab.read(b.slot)) == 0
 
 
 def test_lru_eviction_picks_least_recently_used_idle_session(executor):
-    store = _store(executor, initial_capacity=3, max_sessions=3, eviction="lru")
+    _, store = _store(executor, initial_capacity=3, max_sessions=3, eviction="lru")
     a = store.create("a", None)[0]
     b = store.create("b", None)[0]
     store.create("c", None)
@@ -75,7 +83,7 @@ def test_lru_eviction_picks_least_recently_used_idle_session(executor):
 
 
 def test_expired_sessions_are_found_oldest_first_and_remembered(executor):
-    store = _store(executor, default_ttl=0.05, initial_capacity=4)
+    _, store = _store(executor, default_ttl=0.05, initial_capacity=4)
     old = store.create("old", None)[0]
     forever = store.create("forever", 0.0)[0]
     fresh = store.create("fresh", None)[0]

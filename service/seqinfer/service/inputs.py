@@ -13,12 +13,16 @@ on the device.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
 import numpy as np
 import torch
 
 from seqinfer.service.engine import OutputMode
-from seqinfer.service.errors import InvalidInput, TooLarge, echo
+from seqinfer.service.errors import InvalidInput, SeqinferError, TooLarge, echo
 from seqinfer.service.models.spec import InputKind, ModelSpec
+from seqinfer.service.protocol import StepBatch, TensorData
 from seqinfer.service.tensors import (
     FLOAT_DTYPES,
     INT_DTYPES,
@@ -29,7 +33,15 @@ from seqinfer.service.tensors import (
 )
 from seqinfer.v1 import seqinfer_pb2 as pb
 
-OUTPUT_MODES = {
+if TYPE_CHECKING:
+    from seqinfer.service.runtime import ModelRuntime
+
+FIELD = "inputs"
+# A StepMany step's inputs: (model key, values or the error), None when its
+# model could not be found (admission reports that itself).
+Decoded = tuple[str, "np.ndarray | SeqinferError"] | None
+
+OUTPUT_MODES: dict[int, OutputMode] = {
     pb.OUTPUT_MODE_UNSPECIFIED: OutputMode.LAST,
     pb.OUTPUT_MODE_LAST: OutputMode.LAST,
     pb.OUTPUT_MODE_ALL: OutputMode.ALL,
@@ -56,82 +68,181 @@ def _not_representable(code: int, model: torch.dtype) -> str:
     )
 
 
+class WireTensor(Protocol):
+    """A tensor as the contract sends it: ``pb.Tensor`` or ``protocol.TensorData``."""
+
+    @property
+    def dtype(self) -> Any: ...
+    @property
+    def shape(self) -> Sequence[int]: ...
+    @property
+    def data(self) -> bytes: ...
+
+
 def step_inputs(
-    spec: ModelSpec, tensor: pb.Tensor, *, max_timesteps: int, allow_non_finite: bool
+    spec: ModelSpec, tensor: WireTensor, *, max_timesteps: int, allow_non_finite: bool
 ) -> np.ndarray:
     """[T, input_size] floats (dense) or [T] token ids, checked; a read-only view.
 
-    Runs once per step request, so it reads each protobuf field once and
-    checks shape before touching the bytes. The engine converts a whole
-    batch to the model dtype at once.
+    Runs once per step request, so it reads each field once and checks shape
+    before touching the bytes. The engine converts a whole batch to the
+    model dtype at once.
     """
-    field = "inputs"
-    shape = tensor.shape
     code = tensor.dtype
+    shape = tensor.shape
+    data = tensor.data
+    np_dtype, _ = _check_header(spec, code, shape, len(data), max_timesteps)
+    if np_dtype is None:  # bfloat16: numpy cannot view it
+        values = decode(tensor, FIELD).float().numpy()  # type: ignore[arg-type]
+    else:
+        values = np.frombuffer(data, np_dtype)
+    if spec.input_kind is InputKind.DENSE:
+        values = values.reshape(shape[0], spec.input_size)
+    problem = _value_problem(spec, code, values, allow_non_finite)
+    if problem is not None:
+        raise problem
+    return values
+
+
+def batch_inputs(
+    batch: StepBatch,
+    start: int,
+    model_of: Callable[[str, bool, str, str], ModelRuntime],
+    *,
+    max_timesteps: int,
+    allow_non_finite: bool,
+) -> list[Decoded]:
+    """Steps ``start..`` of a StepMany decoded column-wise: per step its model's key and
+    inputs (as ``step_inputs`` returns them) or the error ``step_inputs`` would raise.
+
+    Shapes are checked per step (plain ints); the bytes of all steps of one
+    model and wire dtype are joined, viewed and checked for finiteness once,
+    and only a group that fails is checked step by step to find the culprits.
+    """
+    size = len(batch) - start
+    decoded: list[Decoded] = [None] * size
+    groups: dict[tuple[str, int], list[int]] = {}
+    specs: dict[str, ModelSpec] = {}
+    dtypes, shapes, data = batch.dtypes, batch.shapes, batch.data
+    for k in range(start, len(batch)):
+        try:
+            runtime = model_of(
+                batch.session_ids[k], batch.starts[k], batch.models[k], batch.model_versions[k]
+            )
+        except SeqinferError:
+            continue  # admission raises it again, in its own order of checks
+        spec = runtime.spec
+        code = dtypes[k]
+        try:
+            np_dtype, _ = _check_header(spec, code, shapes[k], len(data[k]), max_timesteps)
+        except SeqinferError as error:
+            decoded[k - start] = (runtime.key, error)
+            continue
+        if np_dtype is None:
+            decoded[k - start] = _single(runtime, batch, k, max_timesteps, allow_non_finite)
+            continue
+        specs[runtime.key] = spec
+        groups.setdefault((runtime.key, code), []).append(k)
+    for (key, code), members in groups.items():
+        spec = specs[key]
+        np_dtype = NUMPY_DTYPES[code]
+        whole = np.frombuffer(b"".join([data[k] for k in members]), np_dtype)
+        dense = spec.input_kind is InputKind.DENSE
+        width = spec.input_size if dense else 1
+        if dense:
+            whole = whole.reshape(-1, width)
+        checked = _value_problem(spec, code, whole, allow_non_finite) is None
+        row = 0
+        for k in members:
+            timesteps = shapes[k][0]
+            values = whole[row : row + timesteps]
+            row += timesteps
+            problem = None if checked else _value_problem(spec, code, values, allow_non_finite)
+            decoded[k - start] = (key, values if problem is None else problem)
+    return decoded
+
+
+def _single(
+    runtime: ModelRuntime, batch: StepBatch, k: int, max_timesteps: int, allow_non_finite: bool
+) -> Decoded:
+    tensor = TensorData(batch.dtypes[k], batch.shapes[k], batch.data[k])
+    try:
+        values = step_inputs(
+            runtime.spec, tensor, max_timesteps=max_timesteps, allow_non_finite=allow_non_finite
+        )
+    except SeqinferError as error:
+        return (runtime.key, error)
+    return (runtime.key, values)
+
+
+def _check_header(
+    spec: ModelSpec, code: int, shape: Sequence[int], data_bytes: int, max_timesteps: int
+) -> tuple[np.dtype[Any] | None, int]:
+    """Dtype, shape and byte count against the model; (numpy dtype or None, element count)."""
     dense = spec.input_kind is InputKind.DENSE
     if dense:
         if code not in FLOAT_DTYPES:
             raise InvalidInput(
-                f"{field}.dtype",
+                f"{FIELD}.dtype",
                 f"model {spec.key} takes float features, got {dtype_name(code)}",
             )
         if len(shape) != 2 or shape[1] != spec.input_size:
             raise InvalidInput(
-                f"{field}.shape",
+                f"{FIELD}.shape",
                 f"model {spec.key} takes [T, {spec.input_size}], got {echo(shape)}",
             )
     else:
         if code not in INT_DTYPES:
             raise InvalidInput(
-                f"{field}.dtype",
+                f"{FIELD}.dtype",
                 f"model {spec.key} takes int32/int64 token ids, got {dtype_name(code)}",
             )
         if len(shape) != 1:
             raise InvalidInput(
-                f"{field}.shape", f"model {spec.key} takes [T] token ids, got {echo(shape)}"
+                f"{FIELD}.shape", f"model {spec.key} takes [T] token ids, got {echo(shape)}"
             )
     timesteps = shape[0]
     if timesteps < 1:
-        raise InvalidInput(f"{field}.shape", "T (the first dimension) must be at least 1")
+        raise InvalidInput(f"{FIELD}.shape", "T (the first dimension) must be at least 1")
     if timesteps > max_timesteps:
         raise TooLarge(
-            f"{field}.shape",
+            f"{FIELD}.shape",
             f"T = {timesteps} exceeds the limit of {max_timesteps} timesteps per request",
             max_timesteps=max_timesteps,
         )
+    count = timesteps * spec.input_size if dense else timesteps
     np_dtype = NUMPY_DTYPES.get(code)
-    if np_dtype is None:  # bfloat16: numpy cannot view it
-        values = decode(tensor, field).float().numpy()
-    else:
-        data = tensor.data
-        count = timesteps * spec.input_size if dense else timesteps
-        if len(data) != count * np_dtype.itemsize:
-            raise InvalidInput(
-                f"{field}.data",
-                f"{len(data)} bytes do not hold shape {echo(shape)} of {dtype_name(code)} "
-                f"({count * np_dtype.itemsize} bytes expected)",
-            )
-        values = np.frombuffer(data, np_dtype)
-    if dense:
-        values = values.reshape(timesteps, spec.input_size)
-        if not allow_non_finite:
-            model = spec.torch_dtype
-            limit = _NARROWING.get((code, model))
-            # Comparisons with NaN are false, so the range test also refuses NaN.
-            ok = np.isfinite(values).all() if limit is None else (np.abs(values) <= limit).all()
-            if not ok:
-                raise InvalidInput(f"{field}.data", _not_representable(code, model))
-        return values
+    if np_dtype is not None and data_bytes != count * np_dtype.itemsize:
+        raise InvalidInput(
+            f"{FIELD}.data",
+            f"{data_bytes} bytes do not hold shape {echo(shape)} of {dtype_name(code)} "
+            f"({count * np_dtype.itemsize} bytes expected)",
+        )
+    return np_dtype, count
+
+
+def _value_problem(
+    spec: ModelSpec, code: int, values: np.ndarray, allow_non_finite: bool
+) -> InvalidInput | None:
+    """Why these values cannot be computed with (None: they can)."""
+    if spec.input_kind is InputKind.DENSE:
+        if allow_non_finite:
+            return None
+        model = spec.torch_dtype
+        limit = _NARROWING.get((code, model))
+        # Comparisons with NaN are false, so the range test also refuses NaN.
+        ok = np.isfinite(values).all() if limit is None else (np.abs(values) <= limit).all()
+        return None if ok else InvalidInput(f"{FIELD}.data", _not_representable(code, model))
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= spec.input_size:
         bad = low if low < 0 else high
-        raise InvalidInput(
-            f"{field}.data", f"token id {bad} is outside the vocabulary [0, {spec.input_size})"
+        return InvalidInput(
+            f"{FIELD}.data", f"token id {bad} is outside the vocabulary [0, {spec.input_size})"
         )
-    return values
+    return None
 
 
-def state_tensor(spec: ModelSpec, tensor: pb.Tensor, field: str) -> torch.Tensor:
+def state_tensor(spec: ModelSpec, tensor: WireTensor, field: str) -> torch.Tensor:
     """A hidden state [num_layers, hidden_size], finite in the model dtype, converted to it."""
     expected = [spec.num_layers, spec.hidden_size]
     if tensor.dtype not in FLOAT_DTYPES:
@@ -144,7 +255,7 @@ def state_tensor(spec: ModelSpec, tensor: pb.Tensor, field: str) -> torch.Tensor
             f"{field}.shape",
             f"model {spec.key} has state shape {expected}, got {echo(shape)}",
         )
-    source = decode(tensor, field)
+    source = decode(tensor, field)  # type: ignore[arg-type]
     model = spec.torch_dtype
     limit = _NARROWING.get((tensor.dtype, model))
     ok = torch.isfinite(source).all() if limit is None else (source.abs() <= limit).all()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +26,7 @@ from seqinfer.service.models.spec import InputKind, ModelSpec
 
 if TYPE_CHECKING:
     from seqinfer.service.config import Settings
+    from seqinfer.service.protocol import StepBatch
     from seqinfer.service.router import Router
     from seqinfer.service.runtime import ModelRuntime
 
@@ -108,10 +109,10 @@ def export_bytes(spec: ModelSpec, session_id_bytes: int) -> int:
     return SESSION_INFO_OVERHEAD + session_id_bytes + names + state
 
 
-def step_many_estimates(
-    steps: Iterable[Any], router: Router, shapes: dict[str, ReplyShape], settings: Settings
+def batch_estimates(
+    batch: StepBatch, router: Router, shapes: dict[str, ReplyShape], settings: Settings
 ) -> list[int]:
-    """Upper bounds of each StepMany item's result, from the request alone (nothing queued).
+    """Upper bounds of each StepMany step's result, from the request alone (nothing queued).
 
     A step that will fail gets an error result, and a retry may get a cached
     reply larger than it asks for; ``results.ResultBuilder`` fits both into
@@ -119,29 +120,29 @@ def step_many_estimates(
     """
     runtimes = router.runtimes
     estimates = []
-    for step in steps:
-        session_id, request_id = step.session_id, step.request_id
+    for k in range(len(batch)):
+        session_id, request_id = batch.session_ids[k], batch.request_ids[k]
         # Ids over their limits are refused, and their error result echoes them cut.
         id_bytes = min(utf8_size(session_id), settings.max_session_id_bytes) + min(
             utf8_size(request_id), settings.max_request_id_bytes
         )
         runtime: ModelRuntime | None = None
         for candidate in runtimes:
-            if session_id in candidate.store.sessions:
+            if session_id in candidate.table.by_id:
                 runtime = candidate
                 break
-        if runtime is None and step.start:
+        if runtime is None and batch.starts[k]:
             try:
-                runtime = router.model(step.model, step.model_version)
+                runtime = router.model(batch.models[k], batch.model_versions[k])
             except ModelNotFound:
                 pass
-        mode = OUTPUT_MODES.get(step.output_mode)
+        mode = OUTPUT_MODES.get(batch.output_modes[k])
         if runtime is None or mode is None:
             estimates.append(RESULT_OVERHEAD + 2 * id_bytes)
             continue
-        shape = step.inputs.shape
+        shape = batch.shapes[k]
         timesteps = min(max(shape[0], 0), settings.max_timesteps) if shape else 0
         estimates.append(
-            result_bytes(shapes[runtime.key], timesteps, mode, step.return_state, id_bytes)
+            result_bytes(shapes[runtime.key], timesteps, mode, batch.return_states[k], id_bytes)
         )
     return estimates

@@ -24,7 +24,7 @@ from typing import Any
 from google.rpc import error_details_pb2
 
 from seqinfer.service.errors import SeqinferError, TooLarge, clip, internal
-from seqinfer.service.scheduler import StepOutcome
+from seqinfer.service.protocol import StepBatch, StepOutcome, StepReply
 from seqinfer.service.status import to_status_proto
 from seqinfer.service.tensors import fill_tensor
 from seqinfer.v1 import seqinfer_pb2 as pb
@@ -85,50 +85,64 @@ class ResultBuilder:
         result.error.CopyFrom(to_status_proto(error))
 
     def fill(
-        self, result: pb.StepResult, request: Any, future: asyncio.Future[StepOutcome]
+        self, result: pb.StepResult, session_id: str, request_id: str, reply: StepReply
     ) -> bool:
-        """Write a done item's outcome or error into ``result``; never raises.
+        """Write a step's outcome or error into ``result``; never raises.
 
         True when the result may be larger than estimated before applying:
         an error or a replayed reply.
         """
-        try:
-            error = future.exception()
-            if error is None:
-                outcome = future.result()
-                result.session_id = outcome.session_id
-                result.request_id = outcome.request_id
-                fill_response(result.response, outcome)
-                return outcome.replayed
-        except Exception as exc:  # an encoding fault: the server's, and this item's only
-            log.exception("could not encode a step result")
-            result.Clear()
-            error = internal(exc)
-        self.fill_error(result, request.session_id, request.request_id, error)
+        error: BaseException
+        if isinstance(reply, StepOutcome):
+            try:
+                result.session_id = reply.session_id
+                result.request_id = reply.request_id
+                fill_response(result.response, reply)
+                return reply.replayed
+            except Exception as exc:  # an encoding fault: the server's, and this item's only
+                log.exception("could not encode a step result")
+                result.Clear()
+                error = internal(exc)
+        else:
+            error = reply
+        self.fill_error(result, session_id, request_id, error)
         return True
 
     def step_result(self, request: Any, future: asyncio.Future[StepOutcome]) -> pb.StepResult:
-        """One stream reply, within the message size limit."""
+        """One stream reply (of a done future), within the message size limit."""
         result = pb.StepResult()
-        if self.fill(result, request, future):
+        error = future.exception()
+        reply: StepReply | BaseException = future.result() if error is None else error
+        if self.fill(result, request.session_id, request.request_id, reply):  # type: ignore[arg-type]
             self.fit([result], [0], result.ByteSize())
         return result
 
-    def step_many(
-        self, steps: Sequence[Any], futures: Sequence[asyncio.Future[StepOutcome]]
-    ) -> pb.StepManyResponse:
+    def step_many(self, batch: StepBatch, replies: Sequence[StepReply]) -> pb.StepManyResponse:
         response = pb.StepManyResponse()
         results = response.results
         fill = self.fill
         flagged: list[int] = []
-        for index, (step, future) in enumerate(zip(steps, futures)):
-            if fill(results.add(), step, future):
+        session_ids, request_ids = batch.session_ids, batch.request_ids
+        for index, reply in enumerate(replies):
+            if fill(results.add(), session_ids[index], request_ids[index], reply):
                 flagged.append(index)
         if flagged:
             # The other results are within the bounds checked before applying;
             # only these can take the reply past the limit.
             self.fit(results, flagged, response.ByteSize())
         return response
+
+    def check_replay(self, size: int) -> None:
+        """A unary reply replayed from the cache must still fit in one message."""
+        limit = self.max_message_bytes
+        if size > limit:
+            raise TooLarge(
+                "reply",
+                f"the cached reply of this retried request would be up to {size} bytes, over "
+                f"max_message_bytes = {limit}; nothing was applied",
+                reply_bytes=size,
+                max_message_bytes=limit,
+            )
 
     def fit(self, results: Sequence[pb.StepResult], flagged: list[int], total: int) -> None:
         """Shrink the flagged results when ``total`` (the reply's size) passes the limit.

@@ -1,4 +1,4 @@
-"""Finds the model runtime for a request: by model name/version, or by session id.
+"""Finds the model runtime for a command: by model name/version, or by session id (engine side).
 
 Session ids are unique across all models of a server, so a step request
 needs only the id. Lookup asks each model's table in turn: a server has a
@@ -18,7 +18,7 @@ from seqinfer.service.errors import (
     echo,
 )
 from seqinfer.service.runtime import ModelRuntime
-from seqinfer.service.state import Session
+from seqinfer.service.sessions import Session
 
 
 def _version_key(version: str) -> tuple[tuple[int, object], ...]:
@@ -57,7 +57,7 @@ class Router:
 
     def find(self, session_id: str) -> tuple[ModelRuntime, Session]:
         for runtime in self.runtimes:
-            session = runtime.store.sessions.get(session_id)
+            session = runtime.table.by_id.get(session_id)
             if session is not None:
                 return runtime, session
         raise self.missing(session_id)
@@ -65,14 +65,14 @@ class Router:
     def missing(self, session_id: str) -> SessionNotFound:
         """The most specific reason any model remembers for this id."""
         for runtime in self.runtimes:
-            error = runtime.store.missing(session_id)
+            error = runtime.table.missing(session_id)
             if type(error) is not SessionNotFound:
                 return error
         return SessionNotFound(f"session {echo(session_id)} not found", session_id=session_id)
 
     def ensure_unused(self, session_id: str) -> None:
         for runtime in self.runtimes:
-            if session_id in runtime.store:
+            if session_id in runtime.table:
                 raise SessionExists(
                     f"session {echo(session_id)} already exists (model {runtime.key})",
                     session_id=session_id,

@@ -1,8 +1,10 @@
-"""One served model: its engine, session store and scheduler, and the session operations on them.
+"""One served model on the engine side: compute, slab, session table, scheduler, worker.
 
-Everything that touches slab contents goes to the model's single engine
-thread (``_on_engine``), in FIFO order with the batches, which is what keeps
-a freed-and-reused slot from being written by a batch still in flight.
+Everything that touches slab contents goes to the model's worker
+(``_on_worker``), in FIFO order with the batches, which is what keeps a
+freed-and-reused slot from being written by a batch still in flight. The
+session operations here (create, close, fork, export, import) are what
+``engine_client`` calls; counters are written through the scheduler.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from seqinfer.service.engine import GRUEngine
 from seqinfer.service.errors import SessionExpired, SessionNotFound
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import Observer, RuntimeStats
-from seqinfer.service.scheduler import Scheduler, StepItem
-from seqinfer.service.state import Session, SessionStore
+from seqinfer.service.scheduler import Scheduler
+from seqinfer.service.sessions import Session, SessionTable
+from seqinfer.service.slab import StateSlab
 from seqinfer.service.worker import SerialWorker
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,14 @@ class ModelRuntime:
         self.worker = SerialWorker(
             f"engine-{self.spec.name}", initializer=lambda: torch.set_num_threads(threads)
         )
-        self.store = SessionStore(
+        self.slab = StateSlab(
             self.engine,
-            self.worker,
             initial_capacity=settings.initial_capacity,
+            max_capacity=settings.max_sessions,
+        )
+        self.table = SessionTable(
+            self.slab,
+            self._release_slot,
             max_sessions=settings.max_sessions,
             eviction=settings.eviction,
             default_ttl=settings.idle_ttl_seconds,
@@ -56,7 +63,8 @@ class ModelRuntime:
         self.scheduler = Scheduler(
             self.key,
             self.engine,
-            self.store,
+            self.slab,
+            self.table,
             self.worker,
             max_batch_size=settings.max_batch_size,
             max_batch_delay=settings.max_batch_delay_ms / 1000.0,
@@ -64,7 +72,8 @@ class ModelRuntime:
             max_queue_bytes=settings.max_queue_bytes,
             max_session_queue_size=settings.max_session_queue_size,
             max_session_queue_bytes=settings.max_session_queue_bytes,
-            inline_max_timesteps=settings.inline_max_timesteps,
+            # On CUDA the loop would wait for the kernels: always hand off.
+            inline_max_timesteps=0 if device.type == "cuda" else settings.inline_max_timesteps,
             observer=observer,
             on_session_closed=self.end_session,
         )
@@ -91,30 +100,37 @@ class ModelRuntime:
                 await self._sweeper
         self.worker.shutdown()
 
-    async def _on_engine(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.worker.run(fn, *args)
+
+    def _release_slot(self, slot: int) -> None:
+        # Free slots hold zeros, so a new session needs no worker round trip.
+        # The zeroing queues behind any batch still using the slot and ahead
+        # of anything its next owner does.
+        self.worker.submit(self.slab.write, slot, None)
+        self.slab.release(slot)
 
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
-            for session in self.store.expired(time.monotonic()):
+            for session in self.table.expired(time.monotonic()):
                 self.end_session(session, "expired")
 
     # ------------------------------------------------------------ sessions --
 
     async def ensure_free_slot(self) -> None:
-        """Grow the slab (on the engine thread) until a session could be created now."""
+        """Grow the slab (on the worker) until a session could be created now."""
         assert self._grow_lock is not None, "runtime not started"
-        while self.store.needs_growth():
+        while self.slab.needs_growth():
             async with self._grow_lock:
-                if self.store.needs_growth():
-                    await self._on_engine(self.store.grow)
+                if self.slab.needs_growth():
+                    await self._on_worker(self.slab.grow)
 
     def create_session_now(self, session_id: str | None, idle_ttl: float | None) -> Session | None:
         """Open a zero-state session if no slab growth is needed first, else None."""
-        if self.store.needs_growth():
+        if self.slab.needs_growth():
             return None
-        session, evicted = self.store.create(session_id, idle_ttl)
+        session, evicted = self.table.create(session_id, idle_ttl)
         for victim in evicted:
             self.observer.session_ended(self.key, "evicted")
             log.info("evicted session %s from %s (LRU)", victim.session_id, self.key)
@@ -134,7 +150,7 @@ class ModelRuntime:
             await self.ensure_free_slot()
             session = self.create_session_now(session_id, idle_ttl)
         if initial_state is not None:
-            await self._on_engine(self.store.write_state, session.slot, initial_state)
+            await self._on_worker(self.slab.write, session.slot, initial_state)
         return session
 
     def end_session(self, session: Session, reason: str) -> None:
@@ -142,8 +158,8 @@ class ModelRuntime:
         if session.closed:
             return
         why: type[SessionNotFound] = SessionExpired if reason == "expired" else SessionNotFound
-        self.store.remove(session, why)
-        self.scheduler.fail_pending(session, self.store.missing(session.session_id))
+        self.table.remove(session, why)
+        self.scheduler.fail_pending(session, self.table.missing(session.session_id))
         self.observer.session_ended(self.key, reason)
         waiter = session.close_waiter
         if waiter is not None and not waiter.done():
@@ -166,24 +182,19 @@ class ModelRuntime:
     async def fork(self, source: Session, new_id: str | None, idle_ttl: float | None) -> Session:
         ttl = source.idle_ttl if idle_ttl is None else idle_ttl
         copy = await self.create_session(new_id, ttl)
-        await self._on_engine(self.store.copy_state, source.slot, copy.slot)
-        # Read after the copy: the engine thread ran it after any batch of the
+        await self._on_worker(self.slab.copy, source.slot, copy.slot)
+        # Read after the copy: the worker ran it after any batch of the
         # source's that was in flight, whose completion has updated the counter.
-        copy.step = source.step
+        self.scheduler.set_counter(copy, source.step)
         return copy
 
     async def export_state(self, session: Session) -> torch.Tensor:
-        return await self._on_engine(self.store.read_state, session.slot)
+        return await self._on_worker(self.slab.read, session.slot)
 
     async def import_state(self, session: Session, state: torch.Tensor, step: int | None) -> None:
-        await self._on_engine(self.store.write_state, session.slot, state)
-        if step is not None:
-            session.step = step
-        session.last_reply = None
-        self.store.touch(session)
-
-    def submit(self, item: StepItem) -> None:
-        self.scheduler.submit(item)
+        await self._on_worker(self.slab.write, session.slot, state)
+        self.scheduler.set_counter(session, session.step if step is None else step)
+        self.table.touch(session)
 
     # --------------------------------------------------------------- stats --
 
@@ -194,10 +205,10 @@ class ModelRuntime:
         return RuntimeStats(
             model=self.key,
             device=str(self.device),
-            sessions_by_tier={"device": len(self.store), "host": 0, "snapshot": 0},
-            slab_capacity=self.store.capacity,
-            slab_used=len(self.store),
-            slab_bytes=self.store.slab_bytes,
+            sessions_by_tier={"device": len(self.table), "host": 0, "snapshot": 0},
+            slab_capacity=self.slab.capacity,
+            slab_used=len(self.table),
+            slab_bytes=self.slab.nbytes,
             queue_depth=self.scheduler.queue_depth,
             device_memory_bytes=memory,
         )

@@ -6,10 +6,17 @@ work and no request in the engine. One iteration takes the head item of up
 to ``max_batch_size`` ready sessions (so never two of one session in a batch,
 and a session's items apply strictly in arrival order), checks deadlines,
 cancellation and ``expected_step`` against the session's *current* counter
-(exact, because the session has nothing in flight), runs the engine on the
-model's engine thread, then resolves every item's future. While a batch
-computes, the event loop keeps reading requests into the queues, so the next
-batch is assembled from everything that arrived meanwhile.
+(exact, because the session has nothing in flight), computes the batch
+(``_execute``, the one path every batch takes), then answers every item.
+While a batch computes on the worker, the event loop keeps reading requests
+into the queues, so the next batch is assembled from everything that
+arrived meanwhile.
+
+The scheduler is the only writer of a session's step counter, replay record
+(the last request id, the counter before it, the cached reply) and queue:
+steps write them in ``_complete``, fork and import through ``set_counter``.
+That is what makes ``expected_step`` exact: nothing else moves the counter
+between the check in ``_admit_next`` and the step's completion.
 
 Queued work is bounded per model and per session, in requests and in input
 bytes (``submit`` raises QUEUE_FULL): the inputs are views of the request
@@ -28,13 +35,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import NoReturn
 
-import numpy as np
-
 from seqinfer.service.bounds import MAX_STEP
-from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine, OutputMode
+from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine
 from seqinfer.service.errors import (
     DeadlineExceeded,
     Draining,
@@ -47,51 +51,13 @@ from seqinfer.service.errors import (
     internal,
 )
 from seqinfer.service.observer import Observer
-from seqinfer.service.state import Session, SessionStore
+from seqinfer.service.protocol import StepOutcome
+from seqinfer.service.sessions import Session, SessionTable
+from seqinfer.service.slab import StateSlab
+from seqinfer.service.work import StepItem
 from seqinfer.service.worker import SerialWorker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class StepOutcome:
-    """What a step request produced; the api encodes it."""
-
-    session_id: str
-    request_id: str
-    step: int
-    outputs: np.ndarray | None = None
-    state: np.ndarray | None = None
-    created: bool = False
-    closed: bool = False
-    replayed: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class StepItem:
-    """One accepted step request, waiting in its session's queue."""
-
-    session: Session
-    inputs: np.ndarray
-    future: asyncio.Future[StepOutcome]
-    request_id: str = ""
-    expected_step: int | None = None
-    reset: bool = False
-    end: bool = False
-    output_mode: OutputMode = OutputMode.LAST
-    return_state: bool = False
-    deadline: float | None = None  # time.monotonic() seconds
-    created: bool = False
-    enqueued_at: float = field(default_factory=time.monotonic)
-    timesteps: int = field(init=False)
-    nbytes: int = field(init=False)  # of the inputs: a view of the request's bytes
-    # Upper bound of the reply, from ``replies.result_bytes`` (the api computes
-    # it for the size check); a stream counts it against its unsent bytes.
-    reply_bytes: int = 0
-
-    def __post_init__(self) -> None:
-        self.timesteps = int(self.inputs.shape[0])
-        self.nbytes = int(self.inputs.nbytes)
 
 
 class Scheduler:
@@ -101,22 +67,24 @@ class Scheduler:
         self,
         model_key: str,
         engine: GRUEngine,
-        store: SessionStore,
+        slab: StateSlab,
+        table: SessionTable,
         worker: SerialWorker,
         *,
         max_batch_size: int,
         max_batch_delay: float,
         max_queue_size: int,
-        max_queue_bytes: int = 1 << 62,
-        max_session_queue_size: int = 1 << 62,
-        max_session_queue_bytes: int = 1 << 62,
-        inline_max_timesteps: int = 0,
+        max_queue_bytes: int,
+        max_session_queue_size: int,
+        max_session_queue_bytes: int,
+        inline_max_timesteps: int,
         observer: Observer,
         on_session_closed: Callable[[Session, str], None],
     ) -> None:
         self.model_key = model_key
         self.engine = engine
-        self.store = store
+        self.slab = slab
+        self.table = table
         self.worker = worker
         self.max_batch_size = max_batch_size
         self.max_batch_delay = max_batch_delay
@@ -200,9 +168,16 @@ class Scheduler:
         while pending:
             item = pending.popleft()
             self._dequeued(item)
-            if not item.future.done():
-                item.future.set_exception(error)
+            item.refuse(error)
         self._check_idle()
+
+    def set_counter(self, session: Session, step: int) -> None:
+        """A session's counter set from outside a step (fork, import): its replay
+        record no longer matches the state, so it is forgotten."""
+        session.step = step
+        session.last_request_id = ""
+        session.last_step_before = -1
+        session.last_reply = None
 
     def close_after_work(self, session: Session) -> asyncio.Future[int]:
         """Mark a session as closing; the future gets its final step once it is closed.
@@ -259,20 +234,33 @@ class Scheduler:
                 self._check_idle()
                 continue
             for part in self._parts(batch):
-                if self._inline(part):
-                    self._execute_inline(part)
-                    continue
-                self.in_flight = len(part)
-                started = time.monotonic()
-                try:
-                    results = await self.worker.run(self._compute, _engine_items(part))
-                except Exception as exc:  # a server fault, never the caller's
-                    log.exception("engine failed on a batch of %d", len(part))
-                    self._fail_batch(part, exc)
-                else:
-                    self._complete(part, results, started)
-                self.in_flight = 0
+                await self._execute(part)
             self._check_idle()
+
+    async def _execute(self, batch: list[StepItem]) -> None:
+        """Compute a batch and answer its items: the one path every batch takes.
+
+        Where it computes is the only choice: on the worker, or right here on
+        the event loop when the batch is tiny and the worker has nothing
+        queued or running (``_inline``: two thread hand-offs cost more than
+        such a batch's compute). Either way the slab is touched in worker
+        order, because an idle worker has nothing that could run before or
+        after this batch.
+        """
+        self.in_flight = len(batch)
+        started = time.monotonic()
+        items = _engine_items(batch)
+        try:
+            if self._inline(batch):
+                results = self._compute(items)
+            else:
+                results = await self.worker.run(self._compute, items)
+        except Exception as exc:  # a server fault, never the caller's
+            log.exception("engine failed on a batch of %d", len(batch))
+            self._fail_batch(batch, exc)
+        else:
+            self._complete(batch, results, started)
+        self.in_flight = 0
 
     def _parts(self, batch: list[StepItem]) -> tuple[list[StepItem], ...]:
         """Short items, then long chunks, as two engine calls when a batch mixes them.
@@ -287,18 +275,8 @@ class Scheduler:
             return (batch,)
         return short, [item for item in batch if item.timesteps >= threshold]
 
-    def _execute_inline(self, batch: list[StepItem]) -> None:
-        started = time.monotonic()
-        try:
-            results = self._compute(_engine_items(batch))
-        except Exception as exc:  # a server fault, never the caller's
-            log.exception("engine failed on a batch of %d", len(batch))
-            self._fail_batch(batch, exc)
-        else:
-            self._complete(batch, results, started)
-
     def _inline(self, batch: list[StepItem]) -> bool:
-        """Tiny batch, idle engine thread: computing here saves two thread hand-offs."""
+        """Tiny batch, idle worker: computing here saves two thread hand-offs (0 = never)."""
         if sum(item.timesteps for item in batch) > self.inline_max_timesteps:
             return False
         return self.worker.idle()
@@ -306,7 +284,7 @@ class Scheduler:
     def _compute(self, items: list[EngineItem]) -> list[EngineResult]:
         # Read the slab on the engine thread: a growth queued ahead of this
         # batch replaces the tensor, and the batch must write to the new one.
-        return self.engine.run(self.store.slab, items)
+        return self.engine.run(self.slab.tensor, items)
 
     async def _fill_window(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give a small batch a chance to grow before it runs."""
@@ -349,14 +327,11 @@ class Scheduler:
             # future is already done here, yet the cause is the deadline.
             if item.deadline is not None and now >= item.deadline:
                 self.observer.request_rejected(self.model_key, "deadline")
-                if not item.future.done():
-                    item.future.set_exception(
-                        DeadlineExceeded(
-                            "deadline passed before the step was computed; not applied"
-                        )
-                    )
+                item.refuse(
+                    DeadlineExceeded("deadline passed before the step was computed; not applied")
+                )
                 continue
-            if item.future.done():  # the caller cancelled: nothing applied
+            if item.abandoned():  # the caller cancelled: nothing applied
                 self.observer.request_rejected(self.model_key, "cancelled")
                 continue
             if item.expected_step is not None and item.expected_step != session.step:
@@ -366,11 +341,10 @@ class Scheduler:
                     and item.expected_step == session.last_step_before
                     and session.last_reply is not None
                 ):
-                    cached: StepOutcome = session.last_reply
-                    item.future.set_result(_replay(cached))
+                    item.answer(_replay(session.last_reply))
                     continue
                 self.observer.request_rejected(self.model_key, "step_gap")
-                item.future.set_exception(
+                item.refuse(
                     StepGap(
                         f"expected_step {item.expected_step} but session "
                         f"{session.session_id!r} is at step {session.step}",
@@ -381,7 +355,7 @@ class Scheduler:
             if not item.reset and session.step + item.timesteps > MAX_STEP:
                 # Checked here, against the exact counter, so it can never overflow.
                 self.observer.request_rejected(self.model_key, "invalid")
-                item.future.set_exception(
+                item.refuse(
                     StepLimit(
                         f"T = {item.timesteps} would take the step counter of session "
                         f"{echo(session.session_id)} from {session.step} past its maximum "
@@ -401,7 +375,7 @@ class Scheduler:
         timesteps = 0
         key = self.model_key
         observer = self.observer
-        touch = self.store.touch
+        touch = self.table.touch
         closing: list[Session] = []
         for item, result in zip(batch, results):
             session = item.session
@@ -434,8 +408,7 @@ class Scheduler:
                     self._ready.append(session)
                 elif session.close_waiter is not None:
                     closing.append(session)
-            if not item.future.done():
-                item.future.set_result(outcome)
+            item.answer(outcome)
             observer.request_completed(
                 key, item.timesteps, done - item.enqueued_at, started - item.enqueued_at
             )
@@ -453,8 +426,7 @@ class Scheduler:
             item.session.busy = False
             if item.session.pending and not item.session.closed:
                 self._ready.append(item.session)
-            if not item.future.done():
-                item.future.set_exception(error)
+            item.refuse(error)
             self._close_if_idle(item.session)
         if self._ready:
             self._wakeup.set()

@@ -13,14 +13,15 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from seqinfer.service.api import Lifecycle, SeqinferServicer
 from seqinfer.service.config import Settings, torch_thread_count
+from seqinfer.service.engine_client import LocalEngine
 from seqinfer.service.errors import ModelLoadError
+from seqinfer.service.guard import CallGuard
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
 from seqinfer.service.reflection import enable_reflection
-from seqinfer.service.router import Router
 from seqinfer.service.runtime import ModelRuntime
+from seqinfer.service.servicer import SeqinferServicer
 from seqinfer.service.wire import add_servicer
 from seqinfer.v1 import seqinfer_pb2 as pb
 
@@ -67,11 +68,9 @@ class SeqinferServer:
         Prometheus exporter (for embedding and tests)."""
         self.settings = settings
         self._models = models
-        self.lifecycle = Lifecycle()
         self._own_observer = observer is not None
         self.observer: Observer = observer or NULL_OBSERVER
-        self.runtimes: list[ModelRuntime] = []
-        self.router: Router | None = None
+        self.engine: LocalEngine | None = None
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
@@ -84,6 +83,10 @@ class SeqinferServer:
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
+
+    @property
+    def runtimes(self) -> list[ModelRuntime]:
+        return [] if self.engine is None else self.engine.runtimes
 
     def stats(self) -> list[RuntimeStats]:
         return [runtime.stats() for runtime in self.runtimes]
@@ -104,11 +107,11 @@ class SeqinferServer:
             self._metrics = exporter
             self.observer = exporter.observer
             self.metrics_port = exporter.port
-        self.runtimes = [ModelRuntime(m, settings, device, self.observer) for m in models]
+        runtimes = [ModelRuntime(m, settings, device, self.observer) for m in models]
         default = settings.default_model or _default_model_name(models)
-        self.router = Router(self.runtimes, default)
-        self.router.model(default)  # fail at start-up, not on the first request
-        for runtime in self.runtimes:
+        self.engine = LocalEngine(runtimes, settings, self.observer, default)
+        self.engine.model(default)  # fail at start-up, not on the first request
+        for runtime in runtimes:
             await runtime.start()
 
         limit = settings.max_message_bytes
@@ -128,7 +131,8 @@ class SeqinferServer:
                 ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
             ]
         )
-        add_servicer(SeqinferServicer(self.router, settings, self.observer, self.lifecycle), server)
+        guard = CallGuard(self.observer, settings.max_concurrent_rpcs)
+        add_servicer(SeqinferServicer(self.engine, settings), server, guard)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.reflection:
@@ -166,7 +170,8 @@ class SeqinferServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         # Refuse first: once health reads NOT_SERVING, no new step is accepted.
-        self.lifecycle.draining = True
+        assert self.engine is not None
+        self.engine.begin_drain()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         drains = [loop.create_task(runtime.drain()) for runtime in self.runtimes]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from seqinfer.service.errors import InvalidInput, echo
+from seqinfer.service.protocol import TensorData
 from seqinfer.v1 import seqinfer_pb2 as pb
 
 # The wire format is little-endian; decoding with frombuffer is only a
@@ -92,3 +93,10 @@ def fill_tensor(tensor: pb.Tensor, value: np.ndarray) -> None:
     tensor.dtype = PROTO_FROM_NUMPY[value.dtype]  # type: ignore[assignment]
     tensor.shape.extend(value.shape)
     tensor.data = value.tobytes()
+
+
+def to_wire(value: torch.Tensor) -> TensorData:
+    """A tensor as plain data (the seam's form of it): exact dtype, shape, raw bytes."""
+    value = value.detach().to("cpu").contiguous()
+    data = value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b""
+    return TensorData(PROTO_DTYPES[value.dtype], list(value.shape), data)

@@ -17,13 +17,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import message_factory
 
 from seqinfer.service.errors import InvalidInput, clip
 from seqinfer.v1 import seqinfer_pb2 as pb
+
+if TYPE_CHECKING:
+    from seqinfer.service.guard import CallGuard
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Seqinfer"]
@@ -95,13 +98,19 @@ def safe_deserializer(message_class: Any, method: str) -> Callable[[bytes], Any]
     return deserialize
 
 
-def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
-    """What the generated ``add_SeqinferServicer_to_server`` does, with safe deserializers."""
+def add_servicer(servicer: Any, server: grpc.aio.Server, guard: CallGuard) -> None:
+    """What the generated ``add_SeqinferServicer_to_server`` does, with safe
+    deserializers, and every handler wrapped by ``guard``."""
     handlers = {}
     for method in SERVICE.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         path = f"/{SERVICE.full_name}/{method.name}"
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming or method.server_streaming:
+            behaviour = guard.streaming(method.name, behaviour)
+        else:
+            behaviour = guard.unary(method.name, behaviour)
         if method.client_streaming and method.server_streaming:
             make = grpc.stream_stream_rpc_method_handler
         elif method.client_streaming:
@@ -111,7 +120,7 @@ def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
         else:
             make = grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
-            getattr(servicer, method.name),
+            behaviour,
             request_deserializer=safe_deserializer(request_class, path),
             response_serializer=response_class.SerializeToString,
         )

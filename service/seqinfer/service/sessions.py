@@ -1,14 +1,15 @@
-"""Per-model session state: the slab of hidden states, its slot allocator and the session table.
+"""One model's session table: ids, idle TTL, LRU order and tombstones.
 
-The slab is one tensor ``[layers, capacity, hidden]`` on the model's device;
-a session owns one slot (a column). Capacity doubles on demand up to
-``max_sessions``. Slab *contents* are touched only on the engine thread (see
-``engine``); this module decides *which* slot belongs to whom and runs on the
-event loop, so table and allocator need no lock either.
+The table is ordered by last use (an OrderedDict moved-to-end on every
+step), which makes both LRU eviction and the idle-TTL sweep cost O(sessions
+removed), not O(sessions open). It runs on the event loop only and needs no
+lock. A session's hidden state is not here but in its slot of the model's
+``slab.StateSlab``; the table takes slots from the slab and gives them back
+through ``release_slot``, which zeroes the slot in the worker's order first.
 
-The table is ordered by last use (an OrderedDict moved-to-end on every step),
-which makes both LRU eviction and the idle-TTL sweep cost O(sessions
-removed), not O(sessions open).
+Who writes what: the table creates and removes sessions; the scheduler alone
+writes a session's step counter, its replay record and its queue (see
+``scheduler``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from seqinfer.service.errors import (
     CapacityFull,
@@ -28,10 +28,13 @@ from seqinfer.service.errors import (
     SessionExpired,
     SessionNotFound,
 )
+from seqinfer.service.slab import StateSlab
 
 if TYPE_CHECKING:
-    from seqinfer.service.engine import GRUEngine
-    from seqinfer.service.worker import SerialWorker
+    import asyncio
+
+    from seqinfer.service.protocol import StepOutcome
+    from seqinfer.service.work import StepItem
 
 # Remembering why a session vanished lets a late client get SESSION_EXPIRED or
 # SESSION_EVICTED instead of a bare "not found"; bounded so churn can't grow it.
@@ -47,52 +50,44 @@ class Session:
     idle_ttl: float  # seconds; 0 = never expires
     created_at: float = field(default_factory=time.time)  # wall clock, for reporting
     last_used: float = field(default_factory=time.monotonic)
+    closed: bool = False
+    # ---- written by the scheduler only ----
     step: int = 0  # timesteps applied
     busy: bool = False  # a request of this session is in the engine
-    closed: bool = False
-    # StepItems waiting, owned by the scheduler; created on first use because an
-    # empty deque costs ~600 bytes and most idle sessions never queue twice.
-    pending: deque[Any] | None = None
+    # Items waiting; created on first use because an empty deque costs ~600
+    # bytes and most idle sessions never queue twice.
+    pending: deque[StepItem] | None = None
     pending_bytes: int = 0  # input bytes of ``pending``, for the per-session bound
-    # Set by CloseSession while the session still has work (an asyncio.Future
-    # of the final step): no new request is accepted, and the close happens
-    # once everything accepted before it has been applied and answered.
-    close_waiter: Any = None
+    # Set by CloseSession while the session still has work: no new request is
+    # accepted, and the close happens once everything accepted before it has
+    # been applied and answered; the future gets the final step.
+    close_waiter: asyncio.Future[int] | None = None
     # The last applied request, for expected_step retries (only if it had a request id).
     last_request_id: str = ""
     last_step_before: int = -1
-    last_reply: Any = None
+    last_reply: StepOutcome | None = None
 
     def last_used_wall(self) -> float:
         return time.time() - (time.monotonic() - self.last_used)
 
 
-class SessionStore:
-    """Session table + slot allocator for one model's slab.
-
-    Invariant: every free slot holds zeros (new slab columns are zeros; a
-    freed slot is zeroed on the engine thread before it can be reused).
-    """
-
+class SessionTable:
     def __init__(
         self,
-        engine: GRUEngine,
-        worker: SerialWorker,
+        slab: StateSlab,
+        release_slot: Callable[[int], None],
         *,
-        initial_capacity: int,
         max_sessions: int,
         eviction: Literal["reject", "lru"],
         default_ttl: float,
     ) -> None:
-        self.engine = engine
-        self._worker = worker
+        """``release_slot(slot)`` zeroes a removed session's slot in worker order, then frees it."""
+        self._slab = slab
+        self._release_slot = release_slot
         self.max_sessions = max_sessions
         self.eviction = eviction
         self.default_ttl = default_ttl
-        self.capacity = min(initial_capacity, max_sessions)
-        self.slab = engine.new_slab(self.capacity)
-        self._free: list[int] = list(range(self.capacity - 1, -1, -1))
-        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.by_id: OrderedDict[str, Session] = OrderedDict()
         self._tombstones: OrderedDict[str, type[SessionNotFound]] = OrderedDict()
         # Smallest positive TTL ever given; the sweep stops at the first session
         # idle for less than this, since the table is ordered by last use.
@@ -101,13 +96,13 @@ class SessionStore:
     # ------------------------------------------------------------- lookup --
 
     def __len__(self) -> int:
-        return len(self.sessions)
+        return len(self.by_id)
 
     def __contains__(self, session_id: str) -> bool:
-        return session_id in self.sessions
+        return session_id in self.by_id
 
     def get(self, session_id: str) -> Session:
-        session = self.sessions.get(session_id)
+        session = self.by_id.get(session_id)
         if session is None:
             raise self.missing(session_id)
         return session
@@ -122,21 +117,9 @@ class SessionStore:
 
     def touch(self, session: Session, now: float | None = None) -> None:
         session.last_used = time.monotonic() if now is None else now
-        self.sessions.move_to_end(session.session_id)
+        self.by_id.move_to_end(session.session_id)
 
     # ----------------------------------------------------------- lifecycle --
-
-    def needs_growth(self) -> bool:
-        return not self._free and self.capacity < self.max_sessions
-
-    def grow(self) -> None:
-        """Double the slab (engine thread only: it replaces the tensor batches read)."""
-        new_capacity = min(self.capacity * 2, self.max_sessions)
-        slab = self.engine.new_slab(new_capacity)
-        slab[:, : self.capacity] = self.slab
-        self._free.extend(range(new_capacity - 1, self.capacity - 1, -1))
-        self.slab = slab
-        self.capacity = new_capacity
 
     def create(
         self, session_id: str | None, idle_ttl: float | None
@@ -144,18 +127,17 @@ class SessionStore:
         """Register a session on a free slot, whose state is zeros (torch.nn.GRU's h0).
 
         Returns the session and the sessions evicted to make room for it.
-        Callers grow the slab first when ``needs_growth()``.
+        Callers grow the slab first when ``slab.needs_growth()``.
         """
         sid = session_id or uuid.uuid4().hex
-        if sid in self.sessions:
+        if sid in self.by_id:
             raise SessionExists(f"session {sid!r} already exists", session_id=sid)
         evicted: list[Session] = []
-        if not self._free:
+        if not self._slab.has_free():
             victim = self._lru_victim() if self.eviction == "lru" else None
             if victim is None:
                 raise CapacityFull(
-                    f"model has {len(self.sessions)} sessions open, the limit is "
-                    f"{self.max_sessions}",
+                    f"model has {len(self.by_id)} sessions open, the limit is {self.max_sessions}",
                     max_sessions=self.max_sessions,
                 )
             self.remove(victim, SessionEvicted)
@@ -163,13 +145,13 @@ class SessionStore:
         ttl = self.default_ttl if idle_ttl is None else idle_ttl
         if ttl > 0:
             self._min_ttl = min(self._min_ttl, ttl)
-        session = Session(sid, self._free.pop(), ttl)
-        self.sessions[sid] = session
+        session = Session(sid, self._slab.take(), ttl)
+        self.by_id[sid] = session
         self._tombstones.pop(sid, None)
         return session, evicted
 
     def _lru_victim(self) -> Session | None:
-        for session in self.sessions.values():
+        for session in self.by_id.values():
             if not session.busy and not session.pending:
                 return session
         return None
@@ -179,12 +161,8 @@ class SessionStore:
         if session.closed:
             return
         session.closed = True
-        del self.sessions[session.session_id]
-        # Free slots hold zeros, so a new session needs no engine round trip.
-        # The zeroing queues on the engine thread behind any batch still using
-        # the slot and ahead of anything its next owner does.
-        self._worker.submit(self.write_state, session.slot, None)
-        self._free.append(session.slot)
+        del self.by_id[session.session_id]
+        self._release_slot(session.slot)
         if why is not None and why is not SessionNotFound:
             self._tombstones[session.session_id] = why
             while len(self._tombstones) > TOMBSTONE_LIMIT:
@@ -193,7 +171,7 @@ class SessionStore:
     def expired(self, now: float) -> list[Session]:
         """Idle sessions past their TTL, oldest first (not removed)."""
         found = []
-        for session in self.sessions.values():
+        for session in self.by_id.values():
             idle = now - session.last_used
             if idle < self._min_ttl:
                 break
@@ -205,22 +183,3 @@ class SessionStore:
             ):
                 found.append(session)
         return found
-
-    # ------------------------------------------------------ slab contents --
-    # Engine thread only.
-
-    def write_state(self, slot: int, state: torch.Tensor | None) -> None:
-        if state is None:
-            self.slab[:, slot] = 0
-        else:
-            self.slab[:, slot] = state.to(self.slab.device, self.slab.dtype)
-
-    def read_state(self, slot: int) -> torch.Tensor:
-        return self.slab[:, slot].to("cpu", copy=True)
-
-    def copy_state(self, source_slot: int, target_slot: int) -> None:
-        self.slab[:, target_slot] = self.slab[:, source_slot]
-
-    @property
-    def slab_bytes(self) -> int:
-        return self.slab.numel() * self.slab.element_size()

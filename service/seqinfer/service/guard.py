@@ -1,0 +1,121 @@
+"""The one wrapper around every RPC: call accounting, overload, and errors to statuses.
+
+``wire.add_servicer`` wraps each handler here, unary and streaming alike, so
+that the rules below hold for every method without a decorator per handler:
+
+- the call is counted (``Observer.rpc_started``/``rpc_finished`` with the
+  status code it ended with; a stream counts once);
+- past ``max_concurrent_rpcs`` calls in a handler, a call is refused at once
+  with a retryable QUEUE_FULL, rather than queued by gRPC until it drops
+  calls with CANCELLED;
+- a request that could not be decoded (``wire.Undecodable``) is refused like
+  any bad request; in a stream that is the stream's own business (one error
+  result, the stream goes on);
+- a domain error (``SeqinferError``) ends the call with its status and
+  ErrorInfo (``status``); anything else is a server fault: logged with its
+  traceback, answered INTERNAL without its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from seqinfer.service.errors import QueueFull, SeqinferError, internal
+from seqinfer.service.observer import Observer
+from seqinfer.service.status import status_code, to_grpc_status
+from seqinfer.service.wire import Undecodable
+
+log = logging.getLogger(__name__)
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+class CallGuard:
+    def __init__(self, observer: Observer, max_concurrent_rpcs: int) -> None:
+        self.observer = observer
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.active = 0  # calls in a handler now
+
+    def overloaded(self) -> QueueFull:
+        limit = self.max_concurrent_rpcs
+        return QueueFull(
+            f"server is busy: {limit} calls in progress (max_concurrent_rpcs); nothing was "
+            "applied, retry later",
+            bound="max_concurrent_rpcs",
+            limit=limit,
+        )
+
+    def unary(self, method: str, fn: Unary) -> Unary:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(self, method)
+            try:
+                if self.active > self.max_concurrent_rpcs:
+                    raise self.overloaded()
+                if type(request) is Undecodable:
+                    raise request.error()
+                return await fn(request, context)
+            except BaseException as exc:
+                await call.fail(exc, context)
+                raise
+            finally:
+                call.end()
+
+        return handler
+
+    def streaming(self, method: str, fn: Streaming) -> Streaming:
+        async def handler(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(self, method)
+            try:
+                if self.active > self.max_concurrent_rpcs:
+                    raise self.overloaded()
+                async for reply in fn(requests, context):
+                    yield reply
+            except BaseException as exc:
+                await call.fail(exc, context)
+                raise
+            finally:
+                call.end()
+
+        return handler
+
+
+class _Call:
+    """One call's accounting; ``fail`` turns what ended it into its status."""
+
+    __slots__ = ("code", "guard", "method", "started")
+
+    def __init__(self, guard: CallGuard, method: str) -> None:
+        self.guard = guard
+        self.method = method
+        self.code = "OK"
+        self.started = time.perf_counter()
+        guard.observer.rpc_started(method)
+        guard.active += 1
+
+    async def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        """Abort the call with ``exc``'s status (re-raising is the caller's)."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = "CANCELLED"
+            return
+        if isinstance(exc, grpc.aio.AbortError):
+            return  # already aborted, the code was set then
+        if isinstance(exc, SeqinferError):
+            error = exc
+        elif isinstance(exc, Exception):
+            log.exception("%s failed", self.method, exc_info=exc)
+            error = internal(exc)
+        else:
+            return
+        self.code = status_code(error).name
+        await context.abort_with_status(to_grpc_status(error))
+
+    def end(self) -> None:
+        self.guard.active -= 1
+        self.guard.observer.rpc_finished(self.method, self.code, time.perf_counter() - self.started)
