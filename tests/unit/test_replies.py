@@ -27,8 +27,8 @@ from seqinfer.service.errors import (
     echo,
 )
 from seqinfer.service.models.spec import InputKind, ModelSpec, OutputKind
-from seqinfer.service.results import ResultBuilder, compact
 from seqinfer.service.protocol import StepOutcome
+from seqinfer.service.results import ResultBuilder, compact
 from seqinfer.service.status import to_status_proto
 from seqinfer.v1 import seqinfer_pb2 as pb
 
