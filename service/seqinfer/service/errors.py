@@ -87,6 +87,7 @@ class SeqinferError(Exception):
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         _require_known_reason(cls)
+        _BY_REASON[cls.reason] = cls
 
     def __init__(self, message: str, **metadata: object) -> None:
         message = clip(message, MAX_MESSAGE_BYTES)
@@ -96,8 +97,30 @@ class SeqinferError(Exception):
             k: clip(str(v), MAX_METADATA_BYTES) for k, v in metadata.items()
         }
 
+    def __reduce__(self) -> tuple[object, tuple[str, str, dict[str, str]]]:
+        # Across the seam an error is its three plain values (see ``rebuild``).
+        return rebuild, (self.reason, self.message, self.metadata)
+
+
+# The class each reason is rebuilt as: the last one defined with it (so
+# INTERNAL_ERROR gives InternalError, not the base).
+_BY_REASON: dict[str, type[SeqinferError]] = {}
+
+
+def rebuild(reason: str, message: str, metadata: dict[str, str]) -> SeqinferError:
+    """The error whose whole state is these plain values, as another process sent it."""
+    cls = _BY_REASON.get(reason, SeqinferError)
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.message = clip(message, MAX_MESSAGE_BYTES)
+    error.metadata = {k: clip(str(v), MAX_METADATA_BYTES) for k, v in metadata.items()}
+    if isinstance(error, InvalidInput):
+        error.field = error.metadata.get("field", "")
+    return error
+
 
 _require_known_reason(SeqinferError)  # __init_subclass__ sees subclasses only
+_BY_REASON[SeqinferError.reason] = SeqinferError
 
 
 class SessionNotFound(SeqinferError):

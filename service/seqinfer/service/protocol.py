@@ -101,6 +101,19 @@ class StepOutcome:
     closed: bool = False
     replayed: bool = False
 
+    def copy(self, *, replayed: bool) -> StepOutcome:
+        """Its own outputs (not a view that would keep a whole batch's array alive)."""
+        return StepOutcome(
+            self.session_id,
+            self.request_id,
+            self.step,
+            None if self.outputs is None else self.outputs.copy(),
+            self.state,
+            self.created,
+            self.closed,
+            replayed,
+        )
+
 
 # A step's reply: its outcome, or why it was not applied.
 StepReply = StepOutcome | SeqinferError

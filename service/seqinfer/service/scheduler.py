@@ -19,9 +19,7 @@ That is what makes ``expected_step`` exact: nothing else moves the counter
 between the check in ``_admit_next`` and the step's completion.
 
 Queued work is bounded per model and per session, in requests and in input
-bytes (``submit`` raises QUEUE_FULL): the inputs are views of the request
-messages, so queued bytes are what a flooding client costs in memory, and
-the per-session bounds keep one session from filling its model's queue.
+bytes (``queues``: ``submit`` raises QUEUE_FULL).
 
 A session being closed (``close_after_work``) accepts nothing new and is
 closed by the loop once its accepted work has been answered, so the final
@@ -33,16 +31,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import NoReturn
 
 from seqinfer.service.bounds import MAX_STEP
 from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine
 from seqinfer.service.errors import (
     DeadlineExceeded,
     Draining,
-    QueueFull,
     SeqinferError,
     SessionNotFound,
     StepGap,
@@ -52,6 +47,7 @@ from seqinfer.service.errors import (
 )
 from seqinfer.service.observer import Observer
 from seqinfer.service.protocol import StepOutcome
+from seqinfer.service.queues import StepQueues
 from seqinfer.service.sessions import Session, SessionTable
 from seqinfer.service.slab import StateSlab
 from seqinfer.service.work import StepItem
@@ -88,24 +84,30 @@ class Scheduler:
         self.worker = worker
         self.max_batch_size = max_batch_size
         self.max_batch_delay = max_batch_delay
-        self.max_queue_size = max_queue_size
-        self.max_queue_bytes = max_queue_bytes
-        self.max_session_queue_size = max_session_queue_size
-        self.max_session_queue_bytes = max_session_queue_bytes
+        self.queues = StepQueues(
+            model_key,
+            observer,
+            max_queue_size=max_queue_size,
+            max_queue_bytes=max_queue_bytes,
+            max_session_queue_size=max_session_queue_size,
+            max_session_queue_bytes=max_session_queue_bytes,
+        )
+        self._ready = self.queues.ready
         self.inline_max_timesteps = inline_max_timesteps
         self.observer = observer
         self._on_session_closed = on_session_closed
-        self._ready: deque[Session] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.queue_depth = 0
-        self.queue_bytes = 0
         self.in_flight = 0
         self.draining = False
         self._task: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------- intake --
+
+    @property
+    def queue_depth(self) -> int:
+        return self.queues.depth
 
     def submit(self, item: StepItem) -> None:
         """Queue an item behind its session's earlier ones (event loop thread)."""
@@ -116,59 +118,15 @@ class Scheduler:
             raise SessionNotFound(
                 f"session {session.session_id!r} is being closed", session_id=session.session_id
             )
-        pending = session.pending
-        if pending is None:
-            pending = session.pending = deque()
-        size = item.nbytes
-        # A request always fits an empty queue: else one larger than a bytes
-        # bound could never be served.
-        if self.queue_depth >= self.max_queue_size:
-            self._refuse("max_queue_size", self.max_queue_size, "requests queued for the model")
-        if self.queue_bytes and self.queue_bytes + size > self.max_queue_bytes:
-            self._refuse(
-                "max_queue_bytes", self.max_queue_bytes, "input bytes queued for the model"
-            )
-        if len(pending) >= self.max_session_queue_size:
-            self._refuse(
-                "max_session_queue_size",
-                self.max_session_queue_size,
-                "requests queued for the session",
-            )
-        if session.pending_bytes and session.pending_bytes + size > self.max_session_queue_bytes:
-            self._refuse(
-                "max_session_queue_bytes",
-                self.max_session_queue_bytes,
-                "input bytes queued for the session",
-            )
-        pending.append(item)
-        session.pending_bytes += size
-        self.queue_depth += 1
-        self.queue_bytes += size
+        ready = len(self.queues.ready)
+        self.queues.push(item)
         self._idle.clear()
-        if not session.busy and len(pending) == 1:
-            self._ready.append(session)
+        if len(self.queues.ready) != ready:
             self._wakeup.set()
-
-    def _refuse(self, bound: str, limit: int, what: str) -> NoReturn:
-        self.observer.request_rejected(self.model_key, "backpressure")
-        raise QueueFull(
-            f"queue is full: {what} reached {bound} = {limit}; nothing was applied, retry later",
-            bound=bound,
-            limit=limit,
-        )
-
-    def _dequeued(self, item: StepItem) -> None:
-        self.queue_depth -= 1
-        self.queue_bytes -= item.nbytes
-        item.session.pending_bytes -= item.nbytes
 
     def fail_pending(self, session: Session, error: SeqinferError) -> None:
         """Fail every queued item of a session that is going away."""
-        pending = session.pending
-        while pending:
-            item = pending.popleft()
-            self._dequeued(item)
-            item.refuse(error)
+        self.queues.fail_all(session, error)
         self._check_idle()
 
     def set_counter(self, session: Session, step: int) -> None:
@@ -319,10 +277,8 @@ class Scheduler:
 
     def _admit_next(self, session: Session, now: float) -> StepItem | None:
         """The session's first item that may run now; the rest are answered here."""
-        pending = session.pending
-        while pending:
-            item = pending.popleft()
-            self._dequeued(item)
+        while session.pending:
+            item = self.queues.pop(session)
             # Deadline first: gRPC cancels a call whose deadline passed, so its
             # future is already done here, yet the cause is the deadline.
             if item.deadline is not None and now >= item.deadline:
@@ -341,7 +297,7 @@ class Scheduler:
                     and item.expected_step == session.last_step_before
                     and session.last_reply is not None
                 ):
-                    item.answer(_replay(session.last_reply))
+                    item.answer(session.last_reply.copy(replayed=True))
                     continue
                 self.observer.request_rejected(self.model_key, "step_gap")
                 item.refuse(
@@ -397,7 +353,7 @@ class Scheduler:
                 session.last_step_before = counter_before
                 # Own copy: the outputs are a view that would keep the whole
                 # batch's output array alive for as long as the cache holds it.
-                session.last_reply = _replay(outcome, replayed=False)
+                session.last_reply = outcome.copy(replayed=False)
             # A session closed or evicted while computing has had its step
             # applied and its slot freed: there is nothing left to update.
             if item.end and not session.closed:
@@ -437,16 +393,3 @@ def _engine_items(batch: list[StepItem]) -> list[EngineItem]:
         EngineItem(it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state)
         for it in batch
     ]
-
-
-def _replay(cached: StepOutcome, replayed: bool = True) -> StepOutcome:
-    return StepOutcome(
-        cached.session_id,
-        cached.request_id,
-        cached.step,
-        None if cached.outputs is None else cached.outputs.copy(),
-        cached.state,
-        created=cached.created,
-        closed=cached.closed,
-        replayed=replayed,
-    )
