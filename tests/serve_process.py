@@ -1,8 +1,9 @@
 """One way for a test to own a child process: `seqinfer serve`, its gated launcher, Prometheus.
 
-Each test that started a real server used to do it its own way, and each
-way had its own gap: a stdout pipe nobody read (a chatty server blocks on
-it), a readiness loop that gave up silently, a finally that forgot to reap.
+Each test that started a real server used to do it its own way, with its
+own gaps: a stdout pipe read only up to the serving line (more output would
+fill it and block the server), a readiness loop whose ``readline`` could
+block past its deadline, a failure path that killed without reaping.
 ``ChildProcess`` does the parts every child needs once: stdout is read on a
 thread into lines (so it never fills), stderr goes to a file (so it never
 fills either, and is there to quote when an assertion fails), readiness is
