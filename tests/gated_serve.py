@@ -12,24 +12,22 @@ dies never leaves behind a server that cannot finish.
 ``SEQINFER_INLINE_MAX_TIMESTEPS=0`` is forced: a batch held on the event-loop
 thread would freeze health, drain and every other RPC instead of one batch.
 
-``GatedServer`` is the test's side: it starts the launcher, reads its stdout
-on a thread, and waits for lines with bounded timeouts.
+``GatedServer`` is the test's side: a ``tests.serve_process.ServeProcess``
+running this launcher, which also waits for the held lines and opens the gate.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from tests.serve_process import ServeProcess
+
 HELD = "seqinfer-gate: held "
-SERVING = "seqinfer: serving on "
-ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = [sys.executable, "-m", "tests.gated_serve"]
 
 
 # ------------------------------------------------------------- launcher --
@@ -82,105 +80,22 @@ def main(argv: list[str]) -> None:
 # ---------------------------------------------------------- test's side --
 
 
-def _child_pythonpath() -> str:
-    """This tree first, with relative entries made absolute (the child may run elsewhere)."""
-    entries = [str(ROOT)]
-    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        if entry:
-            entries.append(str(Path(entry).resolve()))
-    return os.pathsep.join(entries)
-
-
-class GatedServer:
+class GatedServer(ServeProcess):
     """A launcher process: its address, its held batches, and the lever to open the gate."""
 
     def __init__(
         self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> None:
-        child_env = {**(os.environ if env is None else env), "PYTHONPATH": _child_pythonpath()}
-        self._log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.gated_serve", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=child_env,
-            cwd=cwd,
-        )
-        self._changed = threading.Condition()
-        self.lines: list[str] = []
-        self._eof = False
-        threading.Thread(target=self._read, name="gated-stdout", daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    def _wait_line(self, predicate: Any, what: str, timeout: float) -> list[str]:
-        with self._changed:
-            found = self._changed.wait_for(
-                lambda: [x for x in self.lines if predicate(x)] or self._eof, timeout
-            )
-            matches = [x for x in self.lines if predicate(x)]
-        if not matches:
-            why = "exited" if found else f"timed out after {timeout}s"
-            raise AssertionError(f"server {why} before {what}:\n{self.log()[-3000:]}")
-        return matches
-
-    def address(self, timeout: float = 60) -> str:
-        """Blocks until the server is serving; its host:port."""
-        line = self._wait_line(lambda x: x.startswith(SERVING), "serving", timeout)[0]
-        return line.split()[-1]
+        # Killed, not drained, when the block ends: a drain would wait on held batches.
+        super().__init__(args, program=LAUNCHER, env=env, cwd=cwd, stdin=True, stop_grace=0)
 
     def wait_held(self, batches: int = 1, timeout: float = 60) -> list[int]:
         """Blocks until ``batches`` batches are held in all; the item count of each."""
-
-        def held(lines: list[str]) -> list[str]:
-            return [x for x in lines if x.startswith(HELD)]
-
-        with self._changed:
-            self._changed.wait_for(lambda: len(held(self.lines)) >= batches or self._eof, timeout)
-            found = held(self.lines)
-        if len(found) < batches:
-            raise AssertionError(f"{len(found)} of {batches} batches held:\n{self.log()[-3000:]}")
-        return [int(x.split()[-1]) for x in found]
+        return [int(x.split()[-1]) for x in self.wait_lines(HELD, batches, timeout)]
 
     def open(self) -> None:
         """Let every batch through from now on."""
-        assert self.process.stdin is not None
-        self.process.stdin.write("open\n")
-        self.process.stdin.flush()
-
-    def wait(self, timeout: float = 60) -> int:
-        return self.process.wait(timeout)
-
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read()
-
-    def __enter__(self) -> GatedServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                stream.close()
-        self._log.close()
+        self.write("open\n")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ import pytest
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 from tests.gated_serve import GatedServer
+from tests.serve_process import ServeProcess, free_port
 from tests.support import error_reason, to_tensor, wait_until
 from tests.unit.test_deploy import (
     CONTAINER_CONFIG_PATH,
@@ -41,12 +40,6 @@ from tests.unit.test_deploy import (
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def host_path_of(container_path: str) -> Path:
@@ -67,8 +60,8 @@ def executable(name: str) -> str:
     return found
 
 
-def container_command() -> list[str]:
-    argv = dockerfile_exec_form(DOCKERFILE, "ENTRYPOINT") + dockerfile_exec_form(DOCKERFILE, "CMD")
+def container_command(dockerfile: Path = DOCKERFILE) -> list[str]:
+    argv = dockerfile_exec_form(dockerfile, "ENTRYPOINT") + dockerfile_exec_form(dockerfile, "CMD")
     config = host_path_of(CONTAINER_CONFIG_PATH)
     return [
         executable(argv[0]),
@@ -89,9 +82,9 @@ def health_env(port: int) -> dict[str, str]:
 
 
 def container_env(port: int, metrics_port: int) -> dict[str, str]:
-    """The server's env: what the container's network gives, on loopback and free ports."""
+    """The server's env (over this process's): what the container's network gives, on
+    loopback and free ports."""
     return {
-        **os.environ,
         "SEQINFER_HOST": "127.0.0.1",
         "SEQINFER_PORT": str(port),
         "SEQINFER_METRICS_HOST": "127.0.0.1",
@@ -101,41 +94,19 @@ def container_env(port: int, metrics_port: int) -> dict[str, str]:
     }
 
 
-class Served:
-    def __init__(self, process: subprocess.Popen[str], port: int, metrics: str) -> None:
-        self.process, self.port, self.metrics = process, port, metrics
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     port, metrics_port = free_port(), free_port()
-    env = container_env(port, metrics_port)
-    log = tmp_path_factory.mktemp("container") / "server.log"
-    process = subprocess.Popen(
-        container_command(),
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
+    program, *args = container_command()
+    with ServeProcess(
+        args,
+        program=[program],
+        env=container_env(port, metrics_port),
         cwd=tmp_path_factory.mktemp("cwd"),  # like the image's WORKDIR: not the repo
-    )
-    served = Served(process, port, f"http://127.0.0.1:{metrics_port}/metrics")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
-            ok = subprocess.run(
-                health_command(), env=health_env(port), capture_output=True, timeout=30
-            )
-            if ok.returncode == 0:
-                break
-            assert time.monotonic() < deadline, f"never healthy:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield served
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        metrics_port=metrics_port,
+    ) as server:
+        assert server.port() == port
+        yield server
 
 
 def test_command_is_the_compose_command() -> None:
@@ -146,8 +117,8 @@ def test_command_is_the_compose_command() -> None:
     assert container_command()[1:4] == ["serve", "--config", str(DEPLOY / "seqinfer.yaml")]
 
 
-def test_healthcheck_passes(served: Served) -> None:
-    env = health_env(served.port)
+def test_healthcheck_passes(served: ServeProcess) -> None:
+    env = health_env(served.port())
     result = subprocess.run(health_command(), env=env, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
     # The service-specific name is reported too (what a gRPC-aware balancer asks).
@@ -160,8 +131,8 @@ def test_healthcheck_passes(served: Served) -> None:
     assert by_name.returncode == 0, by_name.stderr
 
 
-def test_metrics_endpoint_answers(served: Served) -> None:
-    with urllib.request.urlopen(served.metrics, timeout=5) as reply:
+def test_metrics_endpoint_answers(served: ServeProcess) -> None:
+    with urllib.request.urlopen(served.metrics_url(), timeout=5) as reply:
         text = reply.read().decode()
     assert "seqinfer_build_info{" in text
     assert 'seqinfer_state_slab_capacity_slots{model="bench-gru:1"}' in text
@@ -191,7 +162,7 @@ def test_sigterm_drains_held_work_and_exits_zero(tmp_path: Path) -> None:
             x = to_tensor(np.ones((2, 64), np.float32))
             held = api.Step.future(pb.StepRequest(session_id="held", inputs=x), timeout=120)
             server.wait_held(1)
-            server.process.send_signal(signal.SIGTERM)
+            server.send_signal(signal.SIGTERM)
             wait_until(lambda: _healthcheck(port) == 1, 60, "the healthcheck to fail")
             with pytest.raises(grpc.RpcError) as refused:
                 api.Step(pb.StepRequest(session_id="held", inputs=x), timeout=30)
@@ -210,19 +181,8 @@ def test_cuda_image_command_parses_and_fails_clearly_without_a_gpu() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present: this checks the no-GPU failure")
-    cuda_file = DEPLOY / "Dockerfile.cuda"
-    argv = dockerfile_exec_form(cuda_file, "ENTRYPOINT") + dockerfile_exec_form(cuda_file, "CMD")
-    config = host_path_of(CONTAINER_CONFIG_PATH)
-    command = [
-        executable(argv[0]),
-        *(str(config) if a == CONTAINER_CONFIG_PATH else a for a in argv[1:]),
-    ]
-    env = {
-        **os.environ,
-        "SEQINFER_HOST": "127.0.0.1",
-        "SEQINFER_PORT": "0",
-        "SEQINFER_METRICS_PORT": "0",
-    }
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "CUDA is not available" in result.stderr
+    program, *args = container_command(DEPLOY / "Dockerfile.cuda")
+    env = {"SEQINFER_HOST": "127.0.0.1", "SEQINFER_PORT": "0", "SEQINFER_METRICS_PORT": "0"}
+    with ServeProcess(args, program=[program], env=env) as server:
+        assert server.wait(120) == 1, "\n".join(server.lines) + server.log()
+        assert "CUDA is not available" in server.log()

@@ -24,7 +24,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,7 @@ import pytest
 
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
+from tests.serve_process import ChildProcess, free_port
 from tests.support import make_model, running_server, to_tensor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,12 +67,6 @@ MAX_SESSIONS = 24  # per model; the churn below exceeds it, so LRU evicts
 MAX_QUEUE = 8  # the burst below queues more than this, so QUEUE_FULL happens
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_json(url: str, timeout: float = 5) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
@@ -84,8 +78,14 @@ def http_json(url: str, timeout: float = 5) -> Any:
 @dataclass
 class Prometheus:
     url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    process: ChildProcess
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except OSError:  # not listening yet
+            return False
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         reply = http_json(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
@@ -102,7 +102,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    started: list[Prometheus] = []
+    started: list[ChildProcess] = []
 
     def start(target: str) -> Prometheus:
         workdir = tmp_path_factory.mktemp("prometheus")
@@ -116,8 +116,7 @@ def prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
             f"    static_configs: [{{targets: ['{target}']}}]\n"
         )
         port = free_port()
-        log_path = workdir / "prometheus.log"
-        process = subprocess.Popen(
+        process = ChildProcess(
             [
                 str(PROMETHEUS),
                 f"--config.file={config}",
@@ -125,30 +124,17 @@ def prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--log.level=warn",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=log_path.open("wb"),
+            name="prometheus",
+            stop_grace=10,
         )
-        prom = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
-        started.append(prom)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert process.poll() is None, f"prometheus exited: {log_path.read_text()[-2000:]}"
-            try:
-                with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return prom
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready in 30 s: {log_path.read_text()[-2000:]}")
+        started.append(process)
+        prom = Prometheus(f"http://127.0.0.1:{port}", process)
+        process.wait_for(prom.ready, 30, "prometheus to be ready")
+        return prom
 
     yield start
-    for prom in started:
-        prom.process.terminate()
-        try:
-            prom.process.wait(10)
-        except subprocess.TimeoutExpired:
-            prom.process.kill()
-            prom.process.wait(5)
+    for process in started:
+        process.close()
 
 
 # ------------------------------------------------------------------- load --

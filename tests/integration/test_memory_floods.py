@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ import pytest
 from seqinfer.service.models.builtin import bench_gru
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
+from tests.serve_process import ServeProcess, serve_args
 from tests.support import from_tensor, reference_run, status_reason, to_tensor
 
 MIB = 1024 * 1024
@@ -40,8 +39,6 @@ BOUNDS = {
 ALLOWANCE = 128 * MIB
 BUDGET = sum(BOUNDS.values()) + ALLOWANCE
 FLOOD_SECONDS = 6.0
-CLI = [sys.executable, "-c", "from seqinfer.cli.main import main; main()"]
-QUIET = ["--log-level", "WARNING"]
 LARGE = {"grpc.max_send_message_length": 64 * MIB, "grpc.max_receive_message_length": 64 * MIB}
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
@@ -57,33 +54,9 @@ def _rss(pid: int) -> int:
 
 @pytest.fixture
 def server() -> Iterator[tuple[int, str]]:
-    env = {**os.environ, **{k: str(v) for k, v in BOUNDS.items()}, "SEQINFER_TORCH_THREADS": "1"}
-    process = subprocess.Popen(
-        [*CLI, "serve", "--port", "0", "--metrics-port", "0", "--device", "cpu", *QUIET],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert process.stdout is not None
-    try:
-        address = ""
-        deadline = time.monotonic() + 120
-        while not address and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if line.startswith("seqinfer: serving on "):
-                address = line.split()[-1]
-            elif not line and process.poll() is not None:
-                break
-        assert address, "server did not start"
-        yield process.pid, address
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    env = {**{k: str(v) for k, v in BOUNDS.items()}, "SEQINFER_TORCH_THREADS": "1"}
+    with ServeProcess(serve_args("--log-level", "WARNING"), env=env) as process:
+        yield process.pid, process.address(timeout=120)
 
 
 class Peak:

@@ -1,50 +1,29 @@
-"""`seqinfer serve` (no options but ports) serves the built-in char model, and
-`seqinfer demo` against it prints text made of real words from the Python docs."""
+"""`seqinfer serve` (no options but loopback ports and the CPU) serves the built-in
+char model, and `seqinfer demo` against it prints text made of real words from the
+Python docs."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-import sys
-import time
 
 from seqinfer.service.models.chars import pydoc_corpus
+from tests.serve_process import CLI, ServeProcess, serve_args
 
-CLI = [sys.executable, "-c", "from seqinfer.cli.main import main; main()"]
 PROMPT = "The for statement"
 
 
-def _serve() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [*CLI, "serve", "--port", "0", "--metrics-port", "0", "--device", "cpu"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("seqinfer: serving on "):
-            return process, line.split()[-1]
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError("server did not start")
-
-
 def test_demo_streams_recognisable_text_from_the_default_model() -> None:
-    process, address = _serve()
-    try:
+    with ServeProcess(serve_args()) as server:
         result = subprocess.run(
-            [*CLI, "demo", "--address", address, "--length", "300", "--seed", "1"],
+            [*CLI, "demo", "--address", server.address(), "--length", "300", "--seed", "1"],
             capture_output=True,
             text=True,
             timeout=120,
         )
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        # Stopping is part of the check: a server that ignored SIGTERM would fail here.
+        server.terminate()
+        server.wait(timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(PROMPT)
     assert "pydoc-chars:1" in result.stderr and "state held by the server" in result.stderr

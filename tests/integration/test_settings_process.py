@@ -10,9 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -25,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from seqinfer.v1 import seqinfer_pb2 as pb
+from tests.serve_process import SERVING, ServeProcess, free_port, serve_args
 from tests.support import (
     ServerThread,
     gated,
@@ -37,7 +35,6 @@ from tests.support import (
 
 ALPHA = make_model("dense", name="alpha", seed=45)
 ONE = to_tensor(np.ones((1, 8), np.float32))
-CLI = [sys.executable, "-c", "from seqinfer.cli.main import main; main()"]
 
 
 # ----------------------------------------------------- metrics and reflection --
@@ -64,19 +61,13 @@ def _listening_ports() -> set[int]:
     return ports
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads /proc")
 def test_metrics_port_zero_opens_no_listener():
     before = _listening_ports()
     with running_server([ALPHA], metrics_port=0) as server:
         assert _listening_ports() - before == {server.server.port}
         assert server.server.metrics_port == 0
-    wanted = _free_port()
+    wanted = free_port()
     with running_server([ALPHA], metrics_port=wanted) as server:
         assert _listening_ports() - before == {server.server.port, wanted}
         with urllib.request.urlopen(f"http://127.0.0.1:{wanted}/metrics", timeout=30) as page:
@@ -171,33 +162,19 @@ def test_stop_waits_shutdown_grace_seconds_for_accepted_work(caplog: pytest.LogC
 # ---------------------------------------------------------------- log level --
 
 
-def _serve_and_stop(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> str:
+def _serve_and_stop(*flags: str, env: dict[str, str] | None = None) -> str:
     """Runs `seqinfer serve`, stops it with SIGTERM once serving; returns its stderr."""
-    log = tmp_path / "stderr.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [*CLI, "serve", "--port", "0", "--metrics-port", "0", "--device", "cpu", *flags],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            assert line.startswith("seqinfer: serving on "), (line, log.read_text())
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return log.read_text()
+    with ServeProcess(serve_args(*flags), env=env) as process:
+        process.address()
+        assert process.lines[0].startswith(SERVING), (process.lines, process.log())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        return process.log()
 
 
-def test_log_level_sets_what_the_server_logs(tmp_path: Path):
-    quiet = _serve_and_stop(tmp_path, "--log-level", "WARNING")
+def test_log_level_sets_what_the_server_logs():
+    quiet = _serve_and_stop("--log-level", "WARNING")
     assert " INFO " not in quiet and " DEBUG " not in quiet, quiet
-    chatty = _serve_and_stop(tmp_path, env={"SEQINFER_LOG_LEVEL": "DEBUG"})
+    chatty = _serve_and_stop(env={"SEQINFER_LOG_LEVEL": "DEBUG"})
     assert " INFO seqinfer.service.server: seqinfer " in chatty, chatty
     assert " DEBUG " in chatty, chatty

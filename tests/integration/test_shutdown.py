@@ -8,10 +8,7 @@ work to wait for, however fast the machine: nothing here waits on time.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,22 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 from tests.gated_serve import GatedServer
+from tests.serve_process import ServeProcess, serve_args
 from tests.support import error_reason, gated, make_model, running_server, to_tensor, wait_until
 
-CLI = [sys.executable, "-c", "from seqinfer.cli.main import main; main()"]
-SERVE = [
-    "serve",
-    "--host",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--metrics-port",
-    "0",
-    "--device",
-    "cpu",
-    "--log-level",
-    "WARNING",
-]
+SERVE = serve_args("--log-level", "WARNING")
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -57,7 +42,7 @@ def _refused_with_draining(stub: pb_grpc.SeqinferStub, request: pb.StepRequest) 
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "SEQINFER_TORCH_THREADS": "1", **extra}
+    return {"SEQINFER_TORCH_THREADS": "1", **extra}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -75,7 +60,7 @@ def test_signal_finishes_accepted_work_then_exits_zero(sig: signal.Signals) -> N
         steps.append(pb.StepRequest(session_id="s0", inputs=to_tensor(x)))
         reply = stub.StepMany.future(pb.StepManyRequest(steps=steps), timeout=120)
         assert server.wait_held(1) == [24]
-        server.process.send_signal(sig)
+        server.send_signal(sig)
         wait_until(lambda: _health(ch) == NOT_SERVING, 60, "health NOT_SERVING")
         _refused_with_draining(stub, pb.StepRequest(session_id="s1", inputs=to_tensor(x)))
         server.open()
@@ -96,7 +81,7 @@ def test_exit_at_the_grace_deadline_when_work_is_still_held() -> None:
         held = stub.Step.future(pb.StepRequest(session_id="held", inputs=x), timeout=120)
         server.wait_held(1)  # never released
         signalled = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         code = server.wait(60)  # without the deadline it would wait for the gate forever
         waited = time.monotonic() - signalled
         with pytest.raises(grpc.RpcError) as info:
@@ -129,7 +114,7 @@ def test_exit_at_the_grace_deadline_when_a_client_holds_a_stream_open() -> None:
             first = next(call)
             assert first.response.step == 1
             signalled = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)
+            server.send_signal(signal.SIGTERM)
             code = server.wait(60)
             waited = time.monotonic() - signalled
             with pytest.raises(grpc.RpcError) as info:
@@ -183,11 +168,8 @@ def test_drain_refuses_new_work_with_draining_and_turns_health_not_serving() -> 
 def test_bad_configuration_exits_2_with_the_field_named(tmp_path):
     config = tmp_path / "seqinfer.yaml"
     config.write_text("max_batch_size: 0\n")
-    result = subprocess.run(
-        [*CLI, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2
-    assert "max_batch_size" in result.stderr
-    env = {**os.environ, "SEQINFER_DEVICE": "tpu"}
-    result = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 2 and "device" in result.stderr
+    with ServeProcess(["serve", "--config", str(config)]) as server:
+        assert server.wait(60) == 2
+        assert "max_batch_size" in server.log()
+    with ServeProcess(["serve"], env={"SEQINFER_DEVICE": "tpu"}) as server:
+        assert server.wait(60) == 2 and "device" in server.log()
