@@ -3,8 +3,10 @@
 Exactly ``torch.nn.GRU``'s math (DESIGN.md): the step path calls
 ``torch.gru_cell`` (the kernel ``nn.GRUCell`` uses) layer by layer, and long
 chunks of one session run through the model's own ``nn.GRU`` over the whole
-chunk. Everything here runs on the model's single engine thread, which also
-performs every other slab access, so no lock is needed around the slab.
+chunk. Everything here runs in the order of the model's worker, which also
+orders every other slab access (on the worker thread, or on the event loop
+while the worker is idle: ``Scheduler._execute``), so no lock is needed
+around the slab.
 """
 
 from __future__ import annotations
