@@ -366,7 +366,7 @@ class Harness:
         if target.metrics_port is None:
             return None
         try:
-            return server_metrics.read(target.metrics_port, target.pid)
+            return server_metrics.scrape(target.metrics_port)
         except (OSError, ValueError) as exc:
             self.say(f"  {target.name} metrics not read ({exc!r}): no CPU split for this cell")
             return None

@@ -18,7 +18,7 @@ import grpc
 
 from benchmarks.baseline import server_env
 from benchmarks.procs import ServerProcess, cpu_seconds, free_port, rss_bytes
-from benchmarks.server_metrics import MAIN_THREAD
+from benchmarks.server_metrics import SERVE_CODE
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
@@ -79,31 +79,6 @@ def start_handwritten(log_dir: Path, threads: int = 1) -> Target:
     return Target("handwritten", f"127.0.0.1:{port}", server.pid, process=server)
 
 
-# `python -c` program of a seqinfer server under test: `seqinfer serve`, its
-# threads named at the OS level first. Python keeps a thread's name to itself;
-# copied to the OS thread (prctl PR_SET_NAME, 15 bytes), it shows in
-# /proc/PID/task/*/comm, where server_metrics tells the engine thread's CPU
-# from the event loop's. Inline here, not imported: a --baseline-ref tree
-# runs it too, and has its own benchmarks package, or none.
-SERVE_CODE = f"""\
-import ctypes, threading
-def _name_threads():
-    try:
-        prctl = ctypes.CDLL(None).prctl
-        inner = threading.Thread._bootstrap_inner
-    except (OSError, AttributeError):
-        return
-    def named(self):
-        prctl(15, self.name.encode()[:15], 0, 0, 0)
-        inner(self)
-    threading.Thread._bootstrap_inner = named
-    prctl(15, {MAIN_THREAD.encode()!r}, 0, 0, 0)
-_name_threads()
-from seqinfer.cli.main import main
-main()
-"""
-
-
 def _seqinfer_ready(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
@@ -123,8 +98,9 @@ def start_seqinfer(
 ) -> Target:
     """`seqinfer serve` of the tree at `root`, its metrics endpoint on a free loopback port.
 
-    The endpoint is read before and after each cell to split the server's CPU
-    into engine and front-end time (benchmarks/server_metrics.py); turning
+    It runs with the engine CPU probe of benchmarks/server_metrics.py, whose
+    endpoint is read before and after each cell to split the server's CPU
+    into engine and front-end time; turning
     metrics on costs no difference beyond the noise here
     (benchmarks/metrics_overhead.py). `root`'s packages come first on
     PYTHONPATH, so a `root` other than this repository (``--baseline-ref``)

@@ -208,40 +208,26 @@ def test_baseline_ratio_is_the_median_of_side_by_side_pairs() -> None:
     assert compare.targets({"meta": {}, "cells": cells}) == []
 
 
-def _reading(**values: Any) -> server_metrics.Reading:
-    return server_metrics.Reading(named=True, **values)
-
-
-def test_cpu_split_counts_inline_batches_as_engine_time() -> None:
-    # N=1: every batch is a size-1 batch run on the event loop; the engine thread idles.
-    before = _reading()
-    after = _reading(compute_seconds=0.3, batches=1000, size1_batches=1000, items=1000)
-    split = server_metrics.split(before, after, cpu_s=0.9, transport="stream")
-    assert split is not None
-    assert split.engine_s == pytest.approx(0.3) and split.inline_s == pytest.approx(0.3)
-    assert split.frontend_us_per_message == pytest.approx(600.0)
-
-
-def test_cpu_split_does_not_take_batch_wall_time_for_engine_cpu() -> None:
-    # StepMany: every batch handed to the engine thread; its wall time is inflated
-    # by the event loop's other work, the thread's CPU is the engine's.
-    before = _reading(items=100, calls={"StepMany": 10}, engine_thread_s=1.0)
-    after = _reading(
-        compute_seconds=2.0,
-        batches=100,
-        items=100 + 6400,
-        calls={"StepMany": 110},
-        engine_thread_s=1.5,
+def test_cpu_split_takes_the_probe_for_engine_cpu_not_batch_wall_time() -> None:
+    # StepMany: the batches' wall time (2 s) is inflated by the event loop's other
+    # work; the probe's CPU in the engine (0.5 s) is the engine's share.
+    before = server_metrics.Reading(items=100, calls={"StepMany": 10}, engine_cpu_s=1.0)
+    after = server_metrics.Reading(
+        compute_seconds=2.0, items=100 + 6400, calls={"StepMany": 110}, engine_cpu_s=1.5
     )
     split = server_metrics.split(before, after, cpu_s=1.3, transport="many")
     assert split is not None
     assert (split.items, split.messages) == (6400, 100)
-    assert split.engine_s == pytest.approx(0.5) and split.inline_s == 0.0
+    assert split.engine_s == pytest.approx(0.5) and split.batch_wall_s == pytest.approx(2.0)
+    assert split.engine_us_per_item == pytest.approx(0.5 / 6400 * 1e6)
     assert split.frontend_us_per_message == pytest.approx(8000.0)
     assert split.frontend_us_per_item == pytest.approx(125.0)
-    # Threads without their names (a server not started by the harness): no split.
-    unnamed = server_metrics.Reading(**{**after.__dict__, "named": False})
-    assert server_metrics.split(before, unnamed, cpu_s=1.3, transport="many") is None
+    # StreamSteps: one item per message, the server's call counter notwithstanding.
+    stream = server_metrics.split(before, after, cpu_s=1.3, transport="stream")
+    assert stream is not None and stream.messages == stream.items == 6400
+    # A server without the probe (e.g. an older baseline tree): no split at all.
+    unprobed = server_metrics.Reading(items=6500, calls={"StepMany": 110})
+    assert server_metrics.split(before, unprobed, cpu_s=1.3, transport="many") is None
 
 
 def test_metrics_exposition_is_read_summed_over_models() -> None:
@@ -254,9 +240,8 @@ def test_metrics_exposition_is_read_summed_over_models() -> None:
             'seqinfer_batch_compute_seconds_bucket{le="+Inf",model="bench-gru:1"} 7.0',
             'seqinfer_batch_compute_seconds_count{model="bench-gru:1"} 7.0',
             'seqinfer_batch_compute_seconds_sum{model="bench-gru:1"} 0.25',
-            "# TYPE seqinfer_batch_size histogram",
-            'seqinfer_batch_size_bucket{le="1.0",model="bench-gru:1"} 5.0',
-            'seqinfer_batch_size_bucket{le="2.0",model="bench-gru:1"} 6.0',
+            "# TYPE seqinfer_bench_engine_cpu_seconds counter",
+            "seqinfer_bench_engine_cpu_seconds_total 0.125",
             "# TYPE seqinfer_grpc_requests counter",
             'seqinfer_grpc_requests_total{code="OK",method="StepMany"} 3.0',
             'seqinfer_grpc_requests_total{code="CANCELLED",method="StepMany"} 1.0',
@@ -264,6 +249,7 @@ def test_metrics_exposition_is_read_summed_over_models() -> None:
         ]
     )
     reading = server_metrics.parse(text)
-    assert reading.items == 42 and reading.batches == 7 and reading.size1_batches == 5
+    assert reading.items == 42 and reading.engine_cpu_s == pytest.approx(0.125)
     assert reading.compute_seconds == pytest.approx(0.25)
     assert reading.calls == {"StepMany": 4.0}
+    assert server_metrics.parse(text.replace("bench_engine", "other")).engine_cpu_s is None
