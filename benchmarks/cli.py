@@ -10,9 +10,11 @@
 ``seqinfer serve`` as the server "baseline" beside this tree's, same flags,
 interleaved in the load matrix; the report gives "seqinfer vs baseline" per
 cell (throughput ratio, p50 difference) and the issue's regression targets.
-Every seqinfer cell also splits the server's CPU into engine µs per item (the
-server's ``seqinfer_batch_compute_seconds``) and gRPC front-end µs per message
-(the rest), read from the server's metrics endpoint around the cell.
+Every seqinfer (and baseline) cell also splits the server's CPU into engine
+µs per item and gRPC front-end µs per message (and per item, for StepMany):
+the engine's CPU comes from a probe the harness starts the server with,
+exported on its metrics endpoint and read around the cell
+(benchmarks/server_metrics.py); the front end is the rest.
 
 Results go to ``benchmarks/results/<UTC timestamp>.{json,md,png}``. The exit
 status is non-zero when a server's outputs do not match ``torch.nn.GRU`` or a
