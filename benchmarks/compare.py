@@ -94,9 +94,9 @@ def pairs(results: dict[str, Any]) -> list[Pair]:
         if not ratios:
             continue
 
-        def diff(field: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> float:
+        def diff(field: str, both: list[tuple[dict[str, Any], dict[str, Any]]]) -> float:
             return _median(
-                [s["result"]["latency"][field] - b["result"]["latency"][field] for s, b in pairs]
+                [s["result"]["latency"][field] - b["result"]["latency"][field] for s, b in both]
             )
 
         first = si[0]
@@ -129,13 +129,9 @@ def pairs(results: dict[str, Any]) -> list[Pair]:
 
 
 def _find(found: list[Pair], transport: str, sessions: int) -> Pair | None:
+    wanted = (transport, "bench-gru", sessions, 0)
     for pair in found:
-        if (pair.transport, pair.model, pair.sessions, pair.steps) == (
-            transport,
-            "bench-gru",
-            sessions,
-            0,
-        ):
+        if (pair.transport, pair.model, pair.sessions, pair.steps) == wanted:
             return pair
     return None
 
