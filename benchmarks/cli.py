@@ -4,6 +4,17 @@
     python -m benchmarks --plan quick        # a shorter look
     python -m benchmarks --plan smoke        # seconds; what CI runs
     python -m benchmarks --publish           # also rewrite docs/benchmarks.md's tables
+    python -m benchmarks --plan quick --baseline-ref HEAD~3   # regression check, side by side
+
+``--baseline-ref REF`` checks REF out in a temporary git worktree and runs its
+``seqinfer serve`` as the server "baseline" beside this tree's, same flags,
+interleaved in the load matrix; the report gives "seqinfer vs baseline" per
+cell (throughput ratio, p50 difference) and the issue's regression targets.
+Every seqinfer (and baseline) cell also splits the server's CPU into engine
+µs per item and gRPC front-end µs per message (and per item, for StepMany):
+the engine's CPU comes from a probe the harness starts the server with,
+exported on its metrics endpoint and read around the cell
+(benchmarks/server_metrics.py); the front end is the rest.
 
 Results go to ``benchmarks/results/<UTC timestamp>.{json,md,png}``. The exit
 status is non-zero when a server's outputs do not match ``torch.nn.GRU`` or a
@@ -24,7 +35,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import report
+from benchmarks import baseline, compare, report
 from benchmarks.harness import Harness
 from benchmarks.plan import PLANS, Plan
 from benchmarks.servers import REPO
@@ -70,6 +81,11 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="environment variable for the seqinfer server (repeatable), for what-if runs",
     )
+    p.add_argument(
+        "--baseline-ref",
+        metavar="REF",
+        help="also run the seqinfer server of this git ref (e.g. HEAD~3) as 'baseline'",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument(
         "--publish",
@@ -106,6 +122,14 @@ def build_plan(args: argparse.Namespace) -> tuple[Plan, frozenset[str]]:
         if any(len(pair) != 2 for pair in pairs):
             raise SystemExit("--seqinfer-env takes KEY=VALUE")
         changes["seqinfer_env"] = dict(pairs)
+    if args.baseline_ref:
+        try:
+            baseline.resolve(REPO, args.baseline_ref)
+        except RuntimeError as exc:
+            raise SystemExit(
+                f"--baseline-ref {args.baseline_ref!r} names no commit: {exc}"
+            ) from exc
+        changes["baseline_ref"] = args.baseline_ref
     skip = frozenset(s for s in args.skip.split(",") if s)
     unknown = skip - set(SKIPPABLE)
     if unknown:
@@ -148,6 +172,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     command = " ".join([prog, *(argv if argv is not None else sys.argv[1:])])
     results = harness.run([command])
     results["targets"] = report.targets_dicts(results)
+    results["baseline_comparison"] = compare.rows_dicts(results)
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / stamp
     base.with_suffix(".json").write_text(json.dumps(results, indent=1))

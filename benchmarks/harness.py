@@ -2,8 +2,9 @@
 
 Order of a run:
 1. compute limit (engine in-process);
-2. echo, hand-written and seqinfer servers started together, outputs
-   verified against nn.GRU;
+2. echo, hand-written and seqinfer servers started together (and, with
+   --baseline-ref, seqinfer of that commit as "baseline"), outputs verified
+   against nn.GRU;
 3. the load matrix, interleaved so that the cells a ratio compares run next
    to each other (for each N, for each transport, each server in turn,
    starting with a different server each time);
@@ -33,7 +34,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import servers, verify
+from benchmarks import baseline, server_metrics, servers, verify
 from benchmarks.loadgen.runner import run_load
 from benchmarks.loadgen.spec import LoadResult, LoadSpec
 from benchmarks.plan import Plan
@@ -61,6 +62,9 @@ class Cell:
     server_rss_after: int
     load_before: float
     error: str = ""
+    # seqinfer servers: the CPU above split into engine and front-end time
+    # (server_metrics.CpuSplit as a dict); None where the server exports no metrics.
+    cpu_split: dict[str, Any] | None = None
 
 
 def cell_key(server: str, transport: str, model: str, sessions: int, steps: int = 0) -> str:
@@ -84,6 +88,7 @@ class Harness:
         self.show_progress = show_progress
         self.skip = skip
         self.targets: dict[str, servers.Target] = {}
+        self.baseline: baseline.BaselineTree | None = None
         self.results: dict[str, Any] = {
             "meta": {},
             "compute": [],
@@ -126,7 +131,11 @@ class Harness:
         if "compute" not in self.skip:
             with self.guarded("compute limit"):
                 self._compute()
+        stack = contextlib.ExitStack()
         try:
+            if self.plan.baseline_ref:
+                with self.guarded(f"baseline checkout of {self.plan.baseline_ref}"):
+                    self._checkout_baseline(stack)
             self._start_servers()
             if self.plan.verify:
                 self._verify()
@@ -145,6 +154,8 @@ class Harness:
                     self._memory()
         finally:
             self._stop_servers()
+            with self.guarded("baseline checkout removal"):
+                stack.close()
         if "memory" not in self.skip and self.plan.memory_fresh_server:
             with self.guarded("memory"):
                 self._memory()
@@ -205,15 +216,35 @@ class Harness:
 
     # ----------------------------------------------------------- servers --
 
+    def _checkout_baseline(self, stack: contextlib.ExitStack) -> None:
+        tree = stack.enter_context(
+            baseline.checkout(servers.REPO, self.plan.baseline_ref, sys.executable)
+        )
+        self.baseline = tree
+        self.results["meta"]["baseline"] = tree.to_dict()
+        self.say(f"baseline {tree.ref} = {tree.commit[:10]} ({tree.subject}) at {tree.path}")
+
+    def _server_names(self) -> list[str]:
+        names = [n for n in self.plan.servers if n not in self.skip]
+        if self.baseline is not None and "seqinfer" not in self.skip:
+            names.append("baseline")
+        return names
+
     def _start_servers(self) -> None:
+        plan = self.plan
         starters = {
             "echo": lambda: servers.start_echo(self.log_dir),
             "handwritten": lambda: servers.start_handwritten(self.log_dir),
             "seqinfer": lambda: servers.start_seqinfer(
-                self.log_dir, self.plan.seqinfer_args, env=self.plan.seqinfer_env
+                self.log_dir, plan.seqinfer_args, env=plan.seqinfer_env
             ),
         }
-        names = [n for n in self.plan.servers if n not in self.skip]
+        if self.baseline is not None:
+            root = self.baseline.path
+            starters["baseline"] = lambda: servers.start_seqinfer(
+                self.log_dir, plan.seqinfer_args, "baseline", plan.seqinfer_env, root
+            )
+        names = self._server_names()
         # Started together: each spends seconds importing torch or loading models.
         with ThreadPoolExecutor(len(names) or 1) as pool:
             futures = {name: pool.submit(starters[name]) for name in names}
@@ -229,7 +260,7 @@ class Harness:
             del self.targets[name]
 
     def _verify(self) -> None:
-        for name in ("handwritten", "seqinfer"):
+        for name in ("handwritten", "seqinfer", "baseline"):
             target = self.targets.get(name)
             if target is None:
                 continue
@@ -285,6 +316,8 @@ class Harness:
         key = cell_key(server, transport, model, sessions, steps)
         spec = self._spec(target, transport, model, sessions, steps)
         load = load_average()[0]
+        # Read before the CPU (and after it below), so the scrape's own cost stays outside.
+        counters = self._scrape(target)
         cpu_before = target.cpu()
         try:
             result = run_load(spec, show_progress=self.show_progress, label=key)
@@ -292,6 +325,10 @@ class Harness:
             self.problem(key, exc)
             return None
         cpu = target.cpu() - cpu_before
+        after = self._scrape(target)
+        split = None
+        if counters is not None and after is not None:
+            split = server_metrics.split(counters, after, cpu, transport)
         served = result.steps + result.warmup_steps
         cell = Cell(
             key=key,
@@ -304,6 +341,7 @@ class Harness:
             server_cpu_us_per_step=cpu / served * 1e6 if served else 0.0,
             server_rss_after=target.rss(),
             load_before=load,
+            cpu_split=split.to_dict() if split else None,
         )
         lat = result.latency
         self.say(
@@ -311,6 +349,12 @@ class Harness:
             f"p99 {lat.p99_ms:.2f} ms, errors {result.errors}, "
             f"server {cell.server_cpu_us_per_step:.0f} µs CPU/step, client CPU "
             f"{result.client_cpu_s / max(result.seconds, 1e-9):.2f} cores"
+            + (
+                f"; engine {split.engine_us_per_item:.1f} µs/item, front end "
+                f"{split.frontend_us_per_message:.0f} µs/message"
+                if split
+                else ""
+            )
         )
         if result.errors:
             self.say(f"  error samples: {result.error_samples[:3]}")
@@ -318,9 +362,18 @@ class Harness:
             self.results["cells"].append(asdict(cell))
         return cell
 
+    def _scrape(self, target: servers.Target) -> server_metrics.Reading | None:
+        if target.metrics_port is None:
+            return None
+        try:
+            return server_metrics.scrape(target.metrics_port)
+        except (OSError, ValueError) as exc:
+            self.say(f"  {target.name} metrics not read ({exc!r}): no CPU split for this cell")
+            return None
+
     def _matrix(self) -> None:
         plan = self.plan
-        order = [s for s in plan.servers if s in self.targets]
+        order = [s for s in self._server_names() if s in self.targets]
         turn = 0
         for _ in range(plan.repeat):
             for sessions in plan.sessions:
@@ -334,7 +387,7 @@ class Harness:
 
     def _large(self) -> None:
         for sessions in self.plan.large_sessions:
-            for server in ("handwritten", "seqinfer"):
+            for server in ("handwritten", "seqinfer", "baseline"):
                 self.cell(server, "stream", "bench-gru-large", sessions)
 
     def _torchserve(self) -> None:

@@ -39,6 +39,9 @@ class Plan:
     # Extra `seqinfer serve` flags and environment, for what-if runs of a fix.
     seqinfer_args: tuple[str, ...] = ()
     seqinfer_env: dict[str, str] = field(default_factory=dict)
+    # A git ref whose `seqinfer serve` runs beside this tree's as "baseline"
+    # (same flags and environment) in the load matrix; "" for none.
+    baseline_ref: str = ""
     verify: bool = True
     repeat: int = 1
     client_procs: int = 1

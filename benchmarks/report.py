@@ -222,7 +222,10 @@ def targets(results: dict[str, Any]) -> list[TargetCheck]:
         checks.append(
             TargetCheck(f"p99 vs TorchServe p99 (N={n}, K={k})", "not measured", "≤ 0.33", None)
         )
-    return checks
+    # Imported here: compare builds its checks on this module's TargetCheck.
+    from benchmarks import compare
+
+    return checks + compare.targets(results)
 
 
 # ---------------------------------------------------------------- markdown --
@@ -259,6 +262,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     out += _load_table(results)
+    from benchmarks import compare
+
+    out += compare.markdown(results)
     out += _compute_table(results)
     out += _torchserve_table(results)
     out += _memory_table(results)
@@ -290,10 +296,11 @@ def _load_table(results: dict[str, Any]) -> list[str]:
         "| server | transport | model | N | steps/s | "
         + ("range of repeats | " if repeated else "")
         + "p50 ms | p90 ms | p99 ms | p99.9 ms | "
-        "errors | server CPU µs/step | client cores | vs echo | vs hand-written |",
+        "errors | server CPU µs/step | engine µs/item | front end µs/msg | front end µs/item | "
+        "client cores | vs echo | vs hand-written |",
         "|---|---|---|---:|---:|"
         + ("---:|" if repeated else "")
-        + "---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        + "---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in repeats:  # first-run order; one row per cell, the median repeat
         cell = _cell(results, key)
@@ -317,19 +324,31 @@ def _load_table(results: dict[str, Any]) -> list[str]:
         if repeated:
             runs = repeats[key]
             spread = f"{min(runs):,.0f} to {max(runs):,.0f} ({len(runs)}) | "
+        split = cell.get("cpu_split")
+        parts = (
+            f"{split['engine_us_per_item']:.1f} | {split['frontend_us_per_message']:,.0f} | "
+            f"{split['frontend_us_per_item']:,.1f}"
+            if split
+            else " | | "
+        )
         rows.append(
             f"| {cell['server']} | {transport} | {cell['model']} | {n} | {rate:,.0f} | {spread}"
             f"{lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | "
             f"{lat['p999_ms']:.2f} | {r['errors']} | {cell['server_cpu_us_per_step']:,.0f} | "
-            f"{client_cores:.2f} | {vs_echo} | {vs_hw} |"
+            f"{parts} | {client_cores:.2f} | {vs_echo} | {vs_hw} |"
         )
     rows += [
         "",
         "With --repeat, each row (and each target) is the repeat of median throughput. "
         "StepMany latencies are per message (all its steps share one). Server CPU µs/step is the "
         "server process's CPU time over the whole cell (warm-up included) divided by the steps it "
-        "served. Client cores: CPU seconds the load generator spent per second of the measured "
-        "phase (the client shares the machine's cores with the server).",
+        "served. Engine µs/item: CPU time of the threads running the seqinfer server's "
+        "`GRUEngine.run` (a probe the harness starts it with; benchmarks/server_metrics.py), over "
+        "the items (timesteps) it computed in the cell; front end: the rest of the server's CPU "
+        "(gRPC, decode, scheduling, encode, CloseSession calls) per step message, and per item "
+        "(a StepMany message carries many). Client cores: CPU seconds the load generator "
+        "spent per second of the measured phase (the client shares the machine's cores with "
+        "the server).",
     ]
     return rows
 
@@ -470,6 +489,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         "echo": "tab:gray",
         "handwritten": "tab:orange",
         "seqinfer": "tab:blue",
+        "baseline": "tab:cyan",
         "torchserve": "tab:red",
     }
     styles = {"stream": "-", "unary": ":", "many": "--", "torchserve": "-"}
@@ -501,7 +521,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ax.plot(mx, my, style, marker="o", color=color, label=label)
 
     ax = axes[0][0]
-    for server in ("echo", "handwritten", "seqinfer"):
+    for server in ("echo", "handwritten", "seqinfer", "baseline"):
         xs, ys = series(server, "stream")
         if xs:
             draw(ax, xs, ys, styles["stream"], colors[server], server)

@@ -3,12 +3,12 @@
 ``echo``        the transport limit (benchmarks/baselines/echo_server.py)
 ``handwritten`` grpc.aio + nn.GRU, no batching (benchmarks/baselines/handwritten_server.py)
 ``seqinfer``    ``seqinfer serve`` on its built-in models
+``baseline``    the same, from a checkout of an earlier commit (``--baseline-ref``)
 ``torchserve``  TorchServe 0.12 with sequence batching (benchmarks/peers/torchserve/)
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,12 +16,14 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks.baseline import server_env
 from benchmarks.procs import ServerProcess, cpu_seconds, free_port, rss_bytes
+from benchmarks.server_metrics import SERVE_CODE
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-SERVER_NAMES = ("echo", "handwritten", "seqinfer", "torchserve")
+SERVER_NAMES = ("echo", "handwritten", "seqinfer", "baseline", "torchserve")
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Target:
     # TorchServe is a JVM plus Python workers: its usage is the whole process tree.
     tree: bool = False
     process: ServerProcess | None = None
+    # seqinfer's Prometheus endpoint on loopback (None: the server has none).
+    metrics_port: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def rss(self) -> int:
@@ -90,31 +94,42 @@ def start_seqinfer(
     extra_args: tuple[str, ...] = (),
     name: str = "seqinfer",
     env: dict[str, str] | None = None,
+    root: Path = REPO,
 ) -> Target:
-    """`seqinfer serve` with metrics off (the Prometheus endpoint is measured elsewhere).
+    """`seqinfer serve` of the tree at `root`, its metrics endpoint on a free loopback port.
 
-    `extra_args` go to `seqinfer serve`; `env` is added to this process's
-    environment (for what-if runs, e.g. OMP_NUM_THREADS=1).
+    It runs with the engine CPU probe of benchmarks/server_metrics.py, whose
+    endpoint is read before and after each cell to split the server's CPU
+    into engine and front-end time; turning
+    metrics on costs no difference beyond the noise here
+    (benchmarks/metrics_overhead.py). `root`'s packages come first on
+    PYTHONPATH, so a `root` other than this repository (``--baseline-ref``)
+    serves its own code with this interpreter. `extra_args` go to
+    `seqinfer serve`; `env` is added to this process's environment (for
+    what-if runs, e.g. OMP_NUM_THREADS=1).
     """
     port = free_port()
+    metrics_port = free_port()
     argv = [
         sys.executable,
         "-c",
-        "from seqinfer.cli.main import main; main()",
+        SERVE_CODE,
         "serve",
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--metrics-port", "0",
+        "--metrics-host", "127.0.0.1",
+        "--metrics-port", str(metrics_port),
         "--device", "cpu",
         "--log-level", "WARNING",
         *extra_args,
     ]  # fmt: skip
-    full_env = {**os.environ, **env} if env else None
-    server = ServerProcess(name, argv, log_dir / f"{name}.log", env=full_env, cwd=str(REPO))
+    server = ServerProcess(
+        name, argv, log_dir / f"{name}.log", env=server_env(root, env), cwd=str(root)
+    )
     server.start()
     address = f"127.0.0.1:{port}"
     server.wait_ready(lambda: _seqinfer_ready(address), timeout=120)
-    return Target(name, address, server.pid, process=server)
+    return Target(name, address, server.pid, process=server, metrics_port=metrics_port)
 
 
 def start_torchserve() -> Target:
