@@ -22,15 +22,28 @@ from typing import Any
 # frame under grpc's callbacks makes it api time, and so on.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engine (torch math, engine thread)", ("service/engine.py",)),
-    ("scheduler", ("service/scheduler.py",)),
-    ("state / sessions", ("service/state.py", "service/runtime.py")),
+    ("scheduler", ("service/scheduler.py", "service/queues.py", "service/work.py")),
     (
-        "api (proto <-> domain)",
+        "engine side: admission, sessions",
         (
-            "service/api.py",
-            "service/inputs.py",
-            "service/tensors.py",
+            "service/admission.py",
+            "service/engine_client.py",
+            "service/sessions.py",
+            "service/slab.py",
+            "service/runtime.py",
             "service/router.py",
+            "service/inputs.py",
+        ),
+    ),
+    (
+        "gRPC side (proto <-> seam)",
+        (
+            "service/servicer.py",
+            "service/convert.py",
+            "service/stream.py",
+            "service/results.py",
+            "service/guard.py",
+            "service/tensors.py",
             "service/status.py",
         ),
     ),
