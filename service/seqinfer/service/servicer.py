@@ -93,9 +93,10 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
         reply = await self.engine.step_batch(batch)
         return self.results.step_many(batch, reply.replies)
 
-    async def StreamSteps(
+    def StreamSteps(
         self, request_iterator: AsyncIterator[pb.StepRequest], context: Any
     ) -> AsyncIterator[pb.StepResult]:
+        # The stream's own iterator, not a generator around it: every result
+        # would pay one more generator hop (the guard adds the only other).
         stream = StepStream(self.engine, self.results, self.settings, deadline_of(context))
-        async for result in stream.run(request_iterator):
-            yield result
+        return stream.run(request_iterator)
