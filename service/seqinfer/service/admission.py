@@ -173,10 +173,13 @@ class Admission:
         """
         try:
             settings = self.settings
-            id_bytes = check_session_id(
-                session_id, "session_id", settings.max_session_id_bytes, required=not start
-            )
-            id_bytes += check_request_id(request_id, settings.max_request_id_bytes)
+            max_id = settings.max_session_id_bytes
+            if session_id.isascii() and 0 < len(session_id) <= max_id and session_id.isprintable():
+                id_bytes = len(session_id)  # the usual id, checked without a call
+            else:
+                id_bytes = check_session_id(session_id, "session_id", max_id, required=not start)
+            if request_id:
+                id_bytes += check_request_id(request_id, settings.max_request_id_bytes)
             runtime: ModelRuntime
             session: Session | None = None
             if session_id:

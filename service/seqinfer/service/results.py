@@ -41,9 +41,13 @@ def fill_response(response: pb.StepResponse, outcome: StepOutcome) -> pb.StepRes
     response.session_id = outcome.session_id
     response.request_id = outcome.request_id
     response.step = outcome.step
-    response.created = outcome.created
-    response.closed = outcome.closed
-    response.replayed = outcome.replayed
+    # The message is new, its flags false: three field writes saved per reply.
+    if outcome.created:
+        response.created = True
+    if outcome.closed:
+        response.closed = True
+    if outcome.replayed:
+        response.replayed = True
     if outcome.outputs is not None:
         fill_tensor(response.outputs, outcome.outputs)
     if outcome.state is not None:
