@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    """Batches one model's step requests and runs them on its engine thread."""
+    """Batches one model's step requests and computes them in its worker's order."""
 
     def __init__(
         self,
@@ -240,8 +240,8 @@ class Scheduler:
         return self.worker.idle()
 
     def _compute(self, items: list[EngineItem]) -> list[EngineResult]:
-        # Read the slab on the engine thread: a growth queued ahead of this
-        # batch replaces the tensor, and the batch must write to the new one.
+        # Read the slab when the batch runs, in worker order: a growth queued ahead
+        # of this batch replaces the tensor, and the batch must write to the new one.
         return self.engine.run(self.slab.tensor, items)
 
     async def _fill_window(self, loop: asyncio.AbstractEventLoop) -> None:
