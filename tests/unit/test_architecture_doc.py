@@ -19,3 +19,42 @@ def test_the_module_map_names_every_module_and_only_real_ones():
     assert named - modules == set(), "docs/architecture.md names modules that do not exist"
     for package in ("metrics", "models"):
         assert f"`{package}/`" in text
+
+
+# A session's counter, replay record and queue: written by the scheduler alone
+# (scheduler.py, and its queues in queues.py), as docs/architecture.md says.
+SCHEDULER_OWNED = {
+    "step",
+    "busy",
+    "pending",
+    "pending_bytes",
+    "close_waiter",
+    "last_request_id",
+    "last_step_before",
+    "last_reply",
+}
+WRITERS = {"scheduler.py", "queues.py"}
+
+
+def test_only_the_scheduler_writes_a_sessions_counter_replay_record_and_queue():
+    import ast
+
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in WRITERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = (
+                node.targets if isinstance(node, ast.Assign)
+                else [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign)
+                else []
+            )  # fmt: skip
+            for target in targets:
+                if (
+                    isinstance(target, ast.Attribute)
+                    and target.attr in SCHEDULER_OWNED
+                    # A protobuf reply's field of the same name is not a session's.
+                    and not (isinstance(target.value, ast.Name) and target.value.id == "response")
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
