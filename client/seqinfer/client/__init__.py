@@ -30,7 +30,9 @@ from seqinfer.client.errors import (
     SessionNotFound,
     StepGap,
     StepLimit,
+    TenantQuota,
     TooLarge,
+    Unauthenticated,
     Unavailable,
 )
 from seqinfer.client.messages import StepCall
@@ -73,7 +75,9 @@ __all__ = [
     "StepManyResult",
     "StepOutput",
     "StepStream",
+    "TenantQuota",
     "TensorError",
     "TooLarge",
+    "Unauthenticated",
     "Unavailable",
 ]

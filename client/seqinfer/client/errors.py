@@ -198,6 +198,35 @@ class CapacityFull(ResourceExhausted):
     default_reason = "CAPACITY_FULL"
 
 
+class TenantQuota(ResourceExhausted):
+    """The caller's tenant is at one of its quotas; nothing was applied.
+
+    ``quota`` names it (``max_sessions``, ``steps_per_second``);
+    ``retry_after`` is how long to wait, when waiting helps.
+    """
+
+    default_reason = "TENANT_QUOTA"
+
+    @property
+    def quota(self) -> str | None:
+        return self.metadata.get("quota")
+
+    @property
+    def retry_after(self) -> float | None:
+        raw = self.metadata.get("retry_after_seconds")
+        try:
+            return None if raw is None else float(raw)
+        except ValueError:
+            return None
+
+
+class Unauthenticated(SeqinferError):
+    """The server requires a valid bearer token (``token=``) and got none, or a wrong one."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
 class Unavailable(SeqinferError):
     """The server cannot be reached or is not serving."""
 
@@ -249,6 +278,8 @@ BY_REASON: Mapping[str, type[SeqinferError]] = {
         DeadlineExceeded,
         Cancelled,
         InternalError,
+        TenantQuota,
+        Unauthenticated,
     )
 }
 """The exception class of every ErrorReason the server sends (by reason name)."""

@@ -210,6 +210,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     its maximum, 2^53 - 1; nothing was applied. Reset the session (`reset`)
     or import a smaller step. Metadata: "current_step", "max_step".
     """
+    UNAUTHENTICATED: _ErrorReason.ValueType  # 16
+    """UNAUTHENTICATED: no valid bearer token on a server that requires one."""
+    TENANT_QUOTA: _ErrorReason.ValueType  # 17
+    """RESOURCE_EXHAUSTED: the caller's tenant is at one of its quotas (open
+    sessions, steps per second); nothing was applied. Metadata: "quota",
+    "limit", and "retry_after_seconds" where waiting helps.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """------------------------------------------------------------------ errors --
@@ -259,6 +266,13 @@ STEP_LIMIT: ErrorReason.ValueType  # 15
 """FAILED_PRECONDITION: the step would take the session's step counter past
 its maximum, 2^53 - 1; nothing was applied. Reset the session (`reset`)
 or import a smaller step. Metadata: "current_step", "max_step".
+"""
+UNAUTHENTICATED: ErrorReason.ValueType  # 16
+"""UNAUTHENTICATED: no valid bearer token on a server that requires one."""
+TENANT_QUOTA: ErrorReason.ValueType  # 17
+"""RESOURCE_EXHAUSTED: the caller's tenant is at one of its quotas (open
+sessions, steps per second); nothing was applied. Metadata: "quota",
+"limit", and "retry_after_seconds" where waiting helps.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -183,6 +183,16 @@ class DeadlineExceeded(SeqinferError):
     reason = "DEADLINE"
 
 
+class TenantQuota(SeqinferError):
+    """The caller's tenant is at one of its quotas (``auth.Tenant``)."""
+
+    reason = "TENANT_QUOTA"
+
+
+class Unauthenticated(SeqinferError):
+    reason = "UNAUTHENTICATED"
+
+
 class Cancelled(SeqinferError):
     reason = "CANCELLED_BY_CLIENT"
 

@@ -40,6 +40,8 @@ CODES: Mapping[pb.ErrorReason.ValueType, grpc.StatusCode] = MappingProxyType(
         pb.DEADLINE: _C.DEADLINE_EXCEEDED,
         pb.CANCELLED_BY_CLIENT: _C.CANCELLED,
         pb.INTERNAL_ERROR: _C.INTERNAL,
+        pb.UNAUTHENTICATED: _C.UNAUTHENTICATED,
+        pb.TENANT_QUOTA: _C.RESOURCE_EXHAUSTED,
     }
 )
 """The gRPC code of every ``ErrorReason`` (by enum value)."""
