@@ -140,6 +140,7 @@ GRPC_SIDE = {
     "convert",
     "stream",
     "guard",
+    "security",
     "status",
     "server",
     "wire",

@@ -38,6 +38,9 @@ def _register_commands() -> None:
     from seqinfer.cli import bench_cmd
 
     bench_cmd.register(app)
+    from seqinfer.cli import token_cmd
+
+    token_cmd.register(app)
 
 
 _register_commands()

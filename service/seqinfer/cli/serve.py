@@ -49,6 +49,7 @@ def serve(
     """
     from seqinfer.service.config import ConfigError, load_settings
     from seqinfer.service.errors import ModelLoadError
+    from seqinfer.service.tenants import TokenFileError
 
     try:
         settings = load_settings(
@@ -76,6 +77,9 @@ def serve(
 
     try:
         asyncio.run(SeqinferServer(settings).serve_forever())
+    except TokenFileError as exc:  # a setting's file: a configuration error
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except (ModelLoadError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

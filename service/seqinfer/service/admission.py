@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from seqinfer.service import inputs, replies
 from seqinfer.service.bounds import check_request_id, check_step, check_ttl
@@ -31,6 +31,7 @@ from seqinfer.service.errors import (
     Draining,
     InvalidInput,
     SeqinferError,
+    TenantQuota,
     TooLarge,
     internal,
 )
@@ -39,11 +40,16 @@ from seqinfer.service.protocol import StepBatch, StepCommand, StepOutcome, Tenso
 from seqinfer.service.router import Router, check_session_id
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.sessions import Session
+from seqinfer.service.tenants import StepRate, Tenant, session_key
 from seqinfer.service.work import BatchSink, StepItem
 
 log = logging.getLogger(__name__)
 
-_REJECTIONS: dict[type[SeqinferError], str] = {CapacityFull: "capacity", Draining: "draining"}
+_REJECTIONS: dict[type[SeqinferError], str] = {
+    CapacityFull: "capacity",
+    Draining: "draining",
+    TenantQuota: "quota",
+}
 
 
 def too_large_reply(size: int, limit: int, what: str) -> TooLarge:
@@ -63,6 +69,7 @@ class Admission:
         settings: Settings,
         observer: Observer,
         draining: Callable[[], bool],
+        tenants: Mapping[str, Tenant] | None = None,
     ) -> None:
         self.router = router
         self.settings = settings
@@ -71,6 +78,26 @@ class Admission:
         self._loop = asyncio.get_running_loop()
         self._reply_shapes = {r.key: replies.reply_shape(r.spec) for r in router.runtimes}
         self._many_bound = replies.MessageBound.of(r.spec for r in router.runtimes)
+        self.tenants: Mapping[str, Tenant] = tenants or {}
+        self._rates = {
+            name: StepRate(t.steps_per_second)
+            for name, t in self.tenants.items()
+            if t.steps_per_second > 0
+        }
+
+    def check_session_quota(self, tenant: str) -> None:
+        """Refuse a new session of a tenant at its open-sessions quota."""
+        quota = self.tenants.get(tenant)
+        if quota is None or not quota.max_sessions:
+            return
+        open_now = sum(r.table.open_by_tenant[tenant] for r in self.router.runtimes)
+        if open_now >= quota.max_sessions:
+            raise TenantQuota(
+                f"tenant {tenant!r} has {open_now} sessions open, its quota is "
+                f"{quota.max_sessions}; close one first",
+                quota="max_sessions",
+                limit=quota.max_sessions,
+            )
 
     # ------------------------------------------------------------ single --
 
@@ -85,7 +112,7 @@ class Admission:
         return self._admit(
             c.session_id, c.request_id, c.model, c.model_version, c.start, c.idle_ttl,
             c.expected_step, c.reset, c.end, c.output_mode, c.return_state, c.inputs,
-            None, c.deadline, self._loop.create_future(), None, 0,
+            None, c.deadline, self._loop.create_future(), None, 0, c.tenant,
         )  # fmt: skip
 
     def runtime_for_growth(self, model: str, version: str) -> ModelRuntime:
@@ -108,10 +135,15 @@ class Admission:
         Returns ``len(batch)`` when all are queued or answered, else the index
         of a step whose new session waits for slab growth.
         """
+        tenant = batch.tenant
+
+        def model_of(session_id: str, start: bool, model: str, version: str) -> ModelRuntime:
+            return self._model_of(tenant, session_id, start, model, version)
+
         decoded = inputs.batch_inputs(
             batch,
             start,
-            self._model_of,
+            model_of,
             max_timesteps=self.settings.max_timesteps,
             allow_non_finite=self.settings.allow_non_finite_inputs,
         )
@@ -123,7 +155,7 @@ class Admission:
                     b.session_ids[k], b.request_ids[k], b.models[k], b.model_versions[k],
                     b.starts[k], b.idle_ttls[k], b.expected_steps[k], b.resets[k], b.ends[k],
                     b.output_modes[k], b.return_states[k], None, decoded[k - start], deadline,
-                    None, sink, k,
+                    None, sink, k, tenant,
                 )  # fmt: skip
             except SeqinferError as error:
                 sink.deliver(k, error)
@@ -132,14 +164,17 @@ class Admission:
                 return k
         return len(b)
 
-    def _model_of(self, session_id: str, start: bool, model: str, version: str) -> ModelRuntime:
+    def _model_of(
+        self, tenant: str, session_id: str, start: bool, model: str, version: str
+    ) -> ModelRuntime:
         """The runtime a step will run on (for decoding its inputs); raises if none."""
         if session_id:
+            key = session_key(tenant, session_id)
             for runtime in self.router.runtimes:
-                if session_id in runtime.table.by_id:
+                if key in runtime.table.by_id:
                     return runtime
         if not start:
-            raise self.router.missing(session_id)
+            raise self.router.missing(session_id, tenant)
         return self.router.model(model, version)
 
     # ----------------------------------------------------------- one step --
@@ -163,6 +198,7 @@ class Admission:
         future: asyncio.Future[StepOutcome] | None,
         sink: BatchSink | None,
         index: int,
+        tenant: str,
     ) -> StepItem | None:
         """Check, find or create the session, queue.
 
@@ -183,14 +219,15 @@ class Admission:
             runtime: ModelRuntime
             session: Session | None = None
             if session_id:
+                key = session_key(tenant, session_id)
                 for candidate in self.router.runtimes:
-                    session = candidate.table.by_id.get(session_id)
+                    session = candidate.table.by_id.get(key)
                     if session is not None:
                         runtime = candidate
                         break
             if session is None:
                 if not start:
-                    raise self.router.missing(session_id)
+                    raise self.router.missing(session_id, tenant)
                 runtime = self.router.model(model, model_version)
             try:
                 if self._draining():
@@ -227,10 +264,19 @@ class Admission:
                 created = False
                 if session is None:
                     ttl = None if idle_ttl is None else check_ttl(idle_ttl, "idle_ttl_seconds")
-                    session = runtime.create_session_now(session_id or None, ttl)
+                    self.check_session_quota(tenant)
+                    session = runtime.create_session_now(session_id or None, ttl, tenant)
                     if session is None:
                         return None
                     created = True
+                rate = self._rates.get(tenant) if self._rates else None
+                if rate is not None:
+                    try:
+                        rate.take(tenant, timesteps)
+                    except TenantQuota:
+                        if created:
+                            runtime.end_session(session, "closed")
+                        raise
                 item = StepItem(
                     session, values, future, request_id, expected_step, reset, end, mode,
                     return_state, deadline, created, reply, sink, index,
@@ -238,6 +284,8 @@ class Admission:
                 try:
                     runtime.scheduler.submit(item)
                 except SeqinferError:
+                    if rate is not None:
+                        rate.give_back(timesteps)  # not applied: not counted
                     if created:  # don't leave behind a session its creator never stepped
                         runtime.end_session(session, "closed")
                     raise

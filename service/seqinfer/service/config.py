@@ -135,6 +135,21 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op torch threads; 0 = cores - 1 (the event loop needs one)."
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection (for grpcurl).")
+    auth_token_file: Path | None = Field(
+        None,
+        description="File of bearer tokens (their sha256) and tenants; without one, no "
+        "authentication and one anonymous tenant (see docs/security.md).",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM server certificate (chain); with tls_key_file, serve TLS only."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that client certificates are verified against (mTLS)."
+    )
+    tls_require_client_cert: bool = Field(
+        False, description="Refuse clients without a certificate from tls_client_ca_file."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     max_request_id_bytes: int = Field(
         128, ge=1, description="Longest accepted request id (echoed in replies, kept per session)."
@@ -151,6 +166,12 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.metrics_port and self.metrics_port == self.port and self.metrics_host == self.host:
             raise ValueError("metrics_port must differ from port")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (TLS)")
+        if self.tls_require_client_cert and self.tls_client_ca_file is None:
+            raise ValueError("tls_require_client_cert needs tls_client_ca_file")
         return self
 
     @classmethod

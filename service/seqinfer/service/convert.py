@@ -48,23 +48,24 @@ def _optional(message: Any, field: str) -> Any:
     return getattr(message, field) if message.HasField(field) else None
 
 
-def open_from_pb(request: pb.OpenSessionRequest) -> OpenCommand:
+def open_from_pb(request: pb.OpenSessionRequest, tenant: str) -> OpenCommand:
     return OpenCommand(
         request.model,
         request.model_version,
         request.session_id,
         _optional(request, "idle_ttl_seconds"),
         tensor_from_pb(request.initial_state) if request.HasField("initial_state") else None,
+        tenant,
     )
 
 
-def fork_from_pb(request: pb.ForkSessionRequest) -> ForkCommand:
+def fork_from_pb(request: pb.ForkSessionRequest, tenant: str) -> ForkCommand:
     return ForkCommand(
-        request.session_id, request.new_session_id, _optional(request, "idle_ttl_seconds")
+        request.session_id, request.new_session_id, _optional(request, "idle_ttl_seconds"), tenant
     )
 
 
-def import_from_pb(request: pb.ImportStateRequest) -> ImportCommand:
+def import_from_pb(request: pb.ImportStateRequest, tenant: str) -> ImportCommand:
     return ImportCommand(
         request.session_id,
         tensor_from_pb(request.state) if request.HasField("state") else None,
@@ -72,10 +73,11 @@ def import_from_pb(request: pb.ImportStateRequest) -> ImportCommand:
         request.create,
         request.model,
         request.model_version,
+        tenant,
     )
 
 
-def step_from_pb(request: pb.StepRequest, deadline: float | None) -> StepCommand:
+def step_from_pb(request: pb.StepRequest, deadline: float | None, tenant: str) -> StepCommand:
     """One step request (the hot path of Step and StreamSteps)."""
     tensor = request.inputs
     return StepCommand(
@@ -92,10 +94,12 @@ def step_from_pb(request: pb.StepRequest, deadline: float | None) -> StepCommand
         request.output_mode,
         request.return_state,
         deadline,
+        0,
+        tenant,
     )
 
 
-def batch_from_pb(request: pb.StepManyRequest, deadline: float | None) -> StepBatch:
+def batch_from_pb(request: pb.StepManyRequest, deadline: float | None, tenant: str) -> StepBatch:
     """A StepMany as columns: one pass per field, no object per step."""
     steps = request.steps
     tensors = [s.inputs for s in steps]
@@ -116,6 +120,7 @@ def batch_from_pb(request: pb.StepManyRequest, deadline: float | None) -> StepBa
         [t.data for t in tensors],
         deadline,
         request.ByteSize(),
+        tenant,
     )
 
 

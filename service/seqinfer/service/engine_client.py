@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
 from seqinfer.service import inputs, replies
@@ -39,6 +40,7 @@ from seqinfer.service.protocol import (
 from seqinfer.service.router import Router, check_session_id
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.sessions import Session
+from seqinfer.service.tenants import Tenant
 from seqinfer.service.tensors import PROTO_DTYPES, to_wire
 from seqinfer.service.work import BatchSink
 
@@ -57,10 +59,10 @@ class EngineClient(Protocol):
     def models(self) -> list[ModelInfo]: ...
     def model(self, name: str, version: str = "") -> ModelInfo: ...
     async def open(self, command: OpenCommand) -> SessionInfo: ...
-    async def get(self, session_id: str) -> SessionInfo: ...
-    async def close(self, session_id: str) -> int: ...
+    async def get(self, session_id: str, tenant: str = "") -> SessionInfo: ...
+    async def close(self, session_id: str, tenant: str = "") -> int: ...
     async def fork(self, command: ForkCommand) -> SessionInfo: ...
-    async def export(self, session_id: str) -> ExportReply: ...
+    async def export(self, session_id: str, tenant: str = "") -> ExportReply: ...
     async def import_state(self, command: ImportCommand) -> SessionInfo: ...
     def try_step(self, command: StepCommand) -> Admitted | None:
         """Queue a step now, or None when it must wait (then ``step``)."""
@@ -73,13 +75,20 @@ class EngineClient(Protocol):
 class LocalEngine:
     """``EngineClient`` in this process: the models' runtimes, driven on this event loop."""
 
-    def __init__(self, runtimes: list[ModelRuntime], settings: Settings, observer: Observer,
-                 default_model: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        runtimes: list[ModelRuntime],
+        settings: Settings,
+        observer: Observer,
+        default_model: str,
+        tenants: Mapping[str, Tenant] | None = None,
+    ) -> None:
+        """``tenants``: the quotas by tenant name (none: no quotas)."""
         self.runtimes = runtimes
         self.settings = settings
         self.router = Router(runtimes, default_model)
         self.draining = False
-        self.admission = Admission(self.router, settings, observer, lambda: self.draining)
+        self.admission = Admission(self.router, settings, observer, lambda: self.draining, tenants)
 
     def begin_drain(self) -> None:
         """From now on, work that would add to a session is refused (DRAINING)."""
@@ -148,18 +157,20 @@ class LocalEngine:
             if command.initial_state is None
             else inputs.state_tensor(runtime.spec, command.initial_state, "initial_state")
         )
+        tenant = command.tenant
         if command.session_id:
-            self.router.ensure_unused(command.session_id)
-        session = await runtime.create_session(command.session_id or None, ttl, state)
+            self.router.ensure_unused(command.session_id, tenant)
+        self.admission.check_session_quota(tenant)
+        session = await runtime.create_session(command.session_id or None, ttl, state, tenant)
         return self._info(runtime, session)
 
-    async def get(self, session_id: str) -> SessionInfo:
+    async def get(self, session_id: str, tenant: str = "") -> SessionInfo:
         self._check_id(session_id)
-        return self._info(*self.router.find(session_id))
+        return self._info(*self.router.find(session_id, tenant))
 
-    async def close(self, session_id: str) -> int:
+    async def close(self, session_id: str, tenant: str = "") -> int:
         self._check_id(session_id)
-        runtime, session = self.router.find(session_id)
+        runtime, session = self.router.find(session_id, tenant)
         # Queued behind the session's accepted work: see ModelRuntime.close_session.
         return await runtime.close_session(session)
 
@@ -167,16 +178,17 @@ class LocalEngine:
         self._check_open()
         self._check_id(command.session_id)
         self._check_id(command.new_session_id, "new_session_id", required=False)
-        runtime, source = self.router.find(command.session_id)
+        runtime, source = self.router.find(command.session_id, command.tenant)
         if command.new_session_id:
-            self.router.ensure_unused(command.new_session_id)
+            self.router.ensure_unused(command.new_session_id, command.tenant)
         ttl = _ttl(command.idle_ttl)
+        self.admission.check_session_quota(command.tenant)
         copy = await runtime.fork(source, command.new_session_id or None, ttl)
         return self._info(runtime, copy)
 
-    async def export(self, session_id: str) -> ExportReply:
+    async def export(self, session_id: str, tenant: str = "") -> ExportReply:
         id_bytes = self._check_id(session_id)
-        runtime, session = self.router.find(session_id)
+        runtime, session = self.router.find(session_id, tenant)
         size = replies.export_bytes(runtime.spec, id_bytes)
         limit = self.settings.max_message_bytes
         if size > limit:
@@ -190,14 +202,16 @@ class LocalEngine:
         if command.state is None:
             raise InvalidInput("state", "is required")
         step = None if command.step is None else check_step(command.step, "step")
+        tenant = command.tenant
         try:
-            runtime, session = self.router.find(command.session_id)
+            runtime, session = self.router.find(command.session_id, tenant)
         except SeqinferError:
             if not command.create:
                 raise
             runtime = self.router.model(command.model, command.model_version)
             state = inputs.state_tensor(runtime.spec, command.state, "state")
-            session = await runtime.create_session(command.session_id, None, state)
+            self.admission.check_session_quota(tenant)
+            session = await runtime.create_session(command.session_id, None, state, tenant)
             if step is not None:
                 runtime.scheduler.set_counter(session, step)
             return self._info(runtime, session)

@@ -5,6 +5,10 @@ that the rules below hold for every method without a decorator per handler:
 
 - the call is counted (``Observer.rpc_started``/``rpc_finished`` with the
   status code it ended with; a stream counts once);
+- on a server with a token file, the caller's bearer token names its tenant
+  (``tenants.TokenTable``), which the handler gets as its third argument;
+  no token or an unknown one ends the call UNAUTHENTICATED before anything
+  else is looked at (health and reflection are other services, not wrapped);
 - past ``max_concurrent_rpcs`` calls in a handler, a call is refused at once
   with a retryable QUEUE_FULL, rather than queued by gRPC until it drops
   calls with CANCELLED;
@@ -29,19 +33,39 @@ import grpc
 from seqinfer.service.errors import QueueFull, SeqinferError, internal
 from seqinfer.service.observer import Observer
 from seqinfer.service.status import status_code, to_grpc_status
+from seqinfer.service.tenants import TokenTable
 from seqinfer.service.wire import Undecodable
 
 log = logging.getLogger(__name__)
 
-Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Unary = Callable[[Any, grpc.aio.ServicerContext, str], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext, str], AsyncIterator[Any]]
+Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+def _bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return None
 
 
 class CallGuard:
-    def __init__(self, observer: Observer, max_concurrent_rpcs: int) -> None:
+    def __init__(
+        self, observer: Observer, max_concurrent_rpcs: int, tokens: TokenTable | None = None
+    ) -> None:
         self.observer = observer
         self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.tokens = tokens
         self.active = 0  # calls in a handler now
+
+    def tenant(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's tenant ("" without a token file); raises UNAUTHENTICATED."""
+        if self.tokens is None:
+            return ""
+        return self.tokens.tenant_of(_bearer_token(context)).name
 
     def overloaded(self) -> QueueFull:
         limit = self.max_concurrent_rpcs
@@ -52,15 +76,16 @@ class CallGuard:
             limit=limit,
         )
 
-    def unary(self, method: str, fn: Unary) -> Unary:
+    def unary(self, method: str, fn: Unary) -> Handler:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(self, method)
             try:
+                tenant = self.tenant(context)
                 if self.active > self.max_concurrent_rpcs:
                     raise self.overloaded()
                 if type(request) is Undecodable:
                     raise request.error()
-                return await fn(request, context)
+                return await fn(request, context, tenant)
             except BaseException as exc:
                 await call.fail(exc, context)
                 raise
@@ -69,13 +94,14 @@ class CallGuard:
 
         return handler
 
-    def streaming(self, method: str, fn: Streaming) -> Streaming:
+    def streaming(self, method: str, fn: Streaming) -> Handler:
         async def handler(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(self, method)
             try:
+                tenant = self.tenant(context)
                 if self.active > self.max_concurrent_rpcs:
                     raise self.overloaded()
-                async for reply in fn(requests, context):
+                async for reply in fn(requests, context, tenant):
                     yield reply
             except BaseException as exc:
                 await call.fail(exc, context)

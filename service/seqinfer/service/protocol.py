@@ -57,6 +57,7 @@ class StepCommand:
     deadline: float | None = None  # time.monotonic() of this host
     # Bytes the request took on the wire, which a stream counts while it holds them.
     wire_bytes: int = 0
+    tenant: str = ""  # whose session: from the call's token ("" without tokens)
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class StepBatch:
     data: list[bytes]
     deadline: float | None = None
     wire_bytes: int = 0
+    tenant: str = ""
 
     def __len__(self) -> int:
         return len(self.session_ids)
@@ -133,6 +135,7 @@ class OpenCommand:
     session_id: str = ""  # empty: the engine issues a UUID
     idle_ttl: float | None = None
     initial_state: TensorData | None = None
+    tenant: str = ""
 
 
 @dataclass(slots=True)
@@ -140,6 +143,7 @@ class ForkCommand:
     session_id: str
     new_session_id: str = ""
     idle_ttl: float | None = None
+    tenant: str = ""
 
 
 @dataclass(slots=True)
@@ -150,6 +154,7 @@ class ImportCommand:
     create: bool = False
     model: str = ""
     model_version: str = ""
+    tenant: str = ""
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from seqinfer.service.engine import OutputMode
 from seqinfer.service.errors import ModelNotFound
 from seqinfer.service.inputs import OUTPUT_MODES
 from seqinfer.service.models.spec import InputKind, ModelSpec
+from seqinfer.service.tenants import session_key
 
 if TYPE_CHECKING:
     from seqinfer.service.config import Settings
@@ -127,8 +128,9 @@ def batch_estimates(
             utf8_size(request_id), settings.max_request_id_bytes
         )
         runtime: ModelRuntime | None = None
+        key = session_key(batch.tenant, session_id)
         for candidate in runtimes:
-            if session_id in candidate.table.by_id:
+            if key in candidate.table.by_id:
                 runtime = candidate
                 break
         if runtime is None and batch.starts[k]:

@@ -19,6 +19,7 @@ from seqinfer.service.errors import (
 )
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.sessions import Session
+from seqinfer.service.tenants import session_key
 
 
 def _version_key(version: str) -> tuple[tuple[int, object], ...]:
@@ -55,24 +56,26 @@ class Router:
             version=version,
         )
 
-    def find(self, session_id: str) -> tuple[ModelRuntime, Session]:
+    def find(self, session_id: str, tenant: str = "") -> tuple[ModelRuntime, Session]:
+        key = session_key(tenant, session_id)
         for runtime in self.runtimes:
-            session = runtime.table.by_id.get(session_id)
+            session = runtime.table.by_id.get(key)
             if session is not None:
                 return runtime, session
-        raise self.missing(session_id)
+        raise self.missing(session_id, tenant)
 
-    def missing(self, session_id: str) -> SessionNotFound:
-        """The most specific reason any model remembers for this id."""
+    def missing(self, session_id: str, tenant: str = "") -> SessionNotFound:
+        """The most specific reason any model remembers for this id (of this tenant)."""
         for runtime in self.runtimes:
-            error = runtime.table.missing(session_id)
+            error = runtime.table.missing(session_id, tenant)
             if type(error) is not SessionNotFound:
                 return error
         return SessionNotFound(f"session {echo(session_id)} not found", session_id=session_id)
 
-    def ensure_unused(self, session_id: str) -> None:
+    def ensure_unused(self, session_id: str, tenant: str = "") -> None:
+        key = session_key(tenant, session_id)
         for runtime in self.runtimes:
-            if session_id in runtime.table:
+            if key in runtime.table:
                 raise SessionExists(
                     f"session {echo(session_id)} already exists (model {runtime.key})",
                     session_id=session_id,

@@ -126,11 +126,13 @@ class ModelRuntime:
                 if self.slab.needs_growth():
                     await self._on_worker(self.slab.grow)
 
-    def create_session_now(self, session_id: str | None, idle_ttl: float | None) -> Session | None:
+    def create_session_now(
+        self, session_id: str | None, idle_ttl: float | None, tenant: str = ""
+    ) -> Session | None:
         """Open a zero-state session if no slab growth is needed first, else None."""
         if self.slab.needs_growth():
             return None
-        session, evicted = self.table.create(session_id, idle_ttl)
+        session, evicted = self.table.create(session_id, idle_ttl, tenant)
         for victim in evicted:
             self.observer.session_ended(self.key, "evicted")
             log.info("evicted session %s from %s (LRU)", victim.session_id, self.key)
@@ -142,13 +144,14 @@ class ModelRuntime:
         session_id: str | None,
         idle_ttl: float | None,
         initial_state: torch.Tensor | None = None,
+        tenant: str = "",
     ) -> Session:
         """Open a session on a free slot (growing the slab if needed); its state
         is ``initial_state`` or zeros."""
-        session = self.create_session_now(session_id, idle_ttl)
+        session = self.create_session_now(session_id, idle_ttl, tenant)
         while session is None:
             await self.ensure_free_slot()
-            session = self.create_session_now(session_id, idle_ttl)
+            session = self.create_session_now(session_id, idle_ttl, tenant)
         if initial_state is not None:
             await self._on_worker(self.slab.write, session.slot, initial_state)
         return session
@@ -159,7 +162,7 @@ class ModelRuntime:
             return
         why: type[SessionNotFound] = SessionExpired if reason == "expired" else SessionNotFound
         self.table.remove(session, why)
-        self.scheduler.fail_pending(session, self.table.missing(session.session_id))
+        self.scheduler.fail_pending(session, self.table.missing(session.session_id, session.tenant))
         self.observer.session_ended(self.key, reason)
         waiter = session.close_waiter
         if waiter is not None and not waiter.done():
@@ -181,7 +184,7 @@ class ModelRuntime:
 
     async def fork(self, source: Session, new_id: str | None, idle_ttl: float | None) -> Session:
         ttl = source.idle_ttl if idle_ttl is None else idle_ttl
-        copy = await self.create_session(new_id, ttl)
+        copy = await self.create_session(new_id, ttl, tenant=source.tenant)
         await self._on_worker(self.slab.copy, source.slot, copy.slot)
         # Read after the copy: the worker ran it after any batch of the
         # source's that was in flight, whose completion has updated the counter.

@@ -21,6 +21,7 @@ from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
 from seqinfer.service.reflection import enable_reflection
 from seqinfer.service.runtime import ModelRuntime
+from seqinfer.service.security import server_credentials, token_table
 from seqinfer.service.servicer import SeqinferServicer
 from seqinfer.service.wire import add_servicer
 from seqinfer.v1 import seqinfer_pb2 as pb
@@ -93,6 +94,9 @@ class SeqinferServer:
 
     async def start(self) -> None:
         settings = self.settings
+        # Read before the models: a bad file stops the server at once.
+        credentials = server_credentials(settings)
+        tokens = token_table(settings)
         torch.set_num_threads(torch_thread_count(settings))
         device = resolve_device(settings.device)
         models = self._models if self._models is not None else load_served_models(settings)
@@ -109,7 +113,8 @@ class SeqinferServer:
             self.metrics_port = exporter.port
         runtimes = [ModelRuntime(m, settings, device, self.observer) for m in models]
         default = settings.default_model or _default_model_name(models)
-        self.engine = LocalEngine(runtimes, settings, self.observer, default)
+        tenants = None if tokens is None else tokens.tenants
+        self.engine = LocalEngine(runtimes, settings, self.observer, default, tenants)
         self.engine.model(default)  # fail at start-up, not on the first request
         for runtime in runtimes:
             await runtime.start()
@@ -131,13 +136,17 @@ class SeqinferServer:
                 ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
             ]
         )
-        guard = CallGuard(self.observer, settings.max_concurrent_rpcs)
+        guard = CallGuard(self.observer, settings.max_concurrent_rpcs, tokens)
         add_servicer(SeqinferServicer(self.engine, settings), server, guard)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.reflection:
             enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
         await server.start()

@@ -1,6 +1,8 @@
 """The gRPC servicer: protobuf in, a command to the engine, its reply out as protobuf.
 
-Each handler converts the request (``convert.*_from_pb``), awaits the
+Each handler gets the request, its context, and the caller's tenant (from
+its token, resolved by ``guard``; "" on a server without tokens). It
+converts the request (``convert.*_from_pb``), awaits the
 ``EngineClient``, and converts the reply (``convert.*_to_pb``,
 ``results.ResultBuilder``). It knows no session, slab or model: every rule
 is the engine side's. Errors are domain exceptions that ``guard`` (around
@@ -41,42 +43,57 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
     # ------------------------------------------------------------ models --
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: Any
+        self, request: pb.ListModelsRequest, context: Any, tenant: str = ""
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[convert.model_to_pb(m) for m in self.engine.models()])
 
-    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelInfo:
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: Any, tenant: str = ""
+    ) -> pb.ModelInfo:
         return convert.model_to_pb(self.engine.model(request.name, request.version))
 
     # ---------------------------------------------------------- sessions --
 
-    async def OpenSession(self, request: pb.OpenSessionRequest, context: Any) -> pb.SessionInfo:
-        return convert.session_to_pb(await self.engine.open(convert.open_from_pb(request)))
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Any, tenant: str = ""
+    ) -> pb.SessionInfo:
+        command = convert.open_from_pb(request, tenant)
+        return convert.session_to_pb(await self.engine.open(command))
 
-    async def GetSession(self, request: pb.GetSessionRequest, context: Any) -> pb.SessionInfo:
-        return convert.session_to_pb(await self.engine.get(request.session_id))
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: Any, tenant: str = ""
+    ) -> pb.SessionInfo:
+        return convert.session_to_pb(await self.engine.get(request.session_id, tenant))
 
     async def CloseSession(
-        self, request: pb.CloseSessionRequest, context: Any
+        self, request: pb.CloseSessionRequest, context: Any, tenant: str = ""
     ) -> pb.CloseSessionResponse:
-        return pb.CloseSessionResponse(final_step=await self.engine.close(request.session_id))
+        final_step = await self.engine.close(request.session_id, tenant)
+        return pb.CloseSessionResponse(final_step=final_step)
 
-    async def ForkSession(self, request: pb.ForkSessionRequest, context: Any) -> pb.SessionInfo:
-        return convert.session_to_pb(await self.engine.fork(convert.fork_from_pb(request)))
+    async def ForkSession(
+        self, request: pb.ForkSessionRequest, context: Any, tenant: str = ""
+    ) -> pb.SessionInfo:
+        command = convert.fork_from_pb(request, tenant)
+        return convert.session_to_pb(await self.engine.fork(command))
 
     async def ExportState(
-        self, request: pb.ExportStateRequest, context: Any
+        self, request: pb.ExportStateRequest, context: Any, tenant: str = ""
     ) -> pb.ExportStateResponse:
-        return convert.export_to_pb(await self.engine.export(request.session_id))
+        return convert.export_to_pb(await self.engine.export(request.session_id, tenant))
 
-    async def ImportState(self, request: pb.ImportStateRequest, context: Any) -> pb.SessionInfo:
-        command = convert.import_from_pb(request)
+    async def ImportState(
+        self, request: pb.ImportStateRequest, context: Any, tenant: str = ""
+    ) -> pb.SessionInfo:
+        command = convert.import_from_pb(request, tenant)
         return convert.session_to_pb(await self.engine.import_state(command))
 
     # ---------------------------------------------------------- stepping --
 
-    async def Step(self, request: pb.StepRequest, context: Any) -> pb.StepResponse:
-        command = convert.step_from_pb(request, deadline_of(context))
+    async def Step(
+        self, request: pb.StepRequest, context: Any, tenant: str = ""
+    ) -> pb.StepResponse:
+        command = convert.step_from_pb(request, deadline_of(context), tenant)
         admitted = self.engine.try_step(command) or await self.engine.step(command)
         outcome = await admitted.future
         response = fill_response(pb.StepResponse(), outcome)
@@ -84,19 +101,21 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
             self.results.check_replay(response.ByteSize())
         return response
 
-    async def StepMany(self, request: pb.StepManyRequest, context: Any) -> pb.StepManyResponse:
+    async def StepMany(
+        self, request: pb.StepManyRequest, context: Any, tenant: str = ""
+    ) -> pb.StepManyResponse:
         steps = request.steps
         limit = self.settings.max_step_many
         if len(steps) > limit:  # before reading them: refusing must cost little
             raise TooLarge("steps", f"{len(steps)} steps in one message; the limit is {limit}")
-        batch = convert.batch_from_pb(request, deadline_of(context))
+        batch = convert.batch_from_pb(request, deadline_of(context), tenant)
         reply = await self.engine.step_batch(batch)
         return self.results.step_many(batch, reply.replies)
 
     def StreamSteps(
-        self, request_iterator: AsyncIterator[pb.StepRequest], context: Any
+        self, request_iterator: AsyncIterator[pb.StepRequest], context: Any, tenant: str = ""
     ) -> AsyncIterator[pb.StepResult]:
         # The stream's own iterator, not a generator around it: every result
         # would pay one more generator hop (the guard adds the only other).
-        stream = StepStream(self.engine, self.results, self.settings, deadline_of(context))
+        stream = StepStream(self.engine, self.results, self.settings, deadline_of(context), tenant)
         return stream.run(request_iterator)

@@ -7,6 +7,9 @@ lock. A session's hidden state is not here but in its slot of the model's
 ``slab.StateSlab``; the table takes slots from the slab and gives them back
 through ``release_slot``, which zeroes the slot in the worker's order first.
 
+Sessions are keyed by (tenant, id) (``tenants.session_key``): a session of
+another tenant is not in a caller's view of the table at all.
+
 Who writes what: the table creates and removes sessions; the scheduler alone
 writes a session's step counter, its replay record and its queue (see
 ``scheduler``).
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -29,6 +32,7 @@ from seqinfer.service.errors import (
     SessionNotFound,
 )
 from seqinfer.service.slab import StateSlab
+from seqinfer.service.tenants import session_key
 
 if TYPE_CHECKING:
     import asyncio
@@ -48,6 +52,8 @@ class Session:
     session_id: str
     slot: int
     idle_ttl: float  # seconds; 0 = never expires
+    tenant: str = ""
+    key: str = ""  # in the table: session_key(tenant, session_id)
     created_at: float = field(default_factory=time.time)  # wall clock, for reporting
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
@@ -87,7 +93,9 @@ class SessionTable:
         self.max_sessions = max_sessions
         self.eviction = eviction
         self.default_ttl = default_ttl
+        # By session_key(tenant, id): for the anonymous tenant, by id.
         self.by_id: OrderedDict[str, Session] = OrderedDict()
+        self.open_by_tenant: Counter[str] = Counter()
         self._tombstones: OrderedDict[str, type[SessionNotFound]] = OrderedDict()
         # Smallest positive TTL ever given; the sweep stops at the first session
         # idle for less than this, since the table is ordered by last use.
@@ -98,17 +106,17 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self.by_id)
 
-    def __contains__(self, session_id: str) -> bool:
-        return session_id in self.by_id
+    def __contains__(self, key: str) -> bool:
+        return key in self.by_id
 
-    def get(self, session_id: str) -> Session:
-        session = self.by_id.get(session_id)
+    def get(self, session_id: str, tenant: str = "") -> Session:
+        session = self.by_id.get(session_key(tenant, session_id))
         if session is None:
-            raise self.missing(session_id)
+            raise self.missing(session_id, tenant)
         return session
 
-    def missing(self, session_id: str) -> SessionNotFound:
-        kind = self._tombstones.get(session_id, SessionNotFound)
+    def missing(self, session_id: str, tenant: str = "") -> SessionNotFound:
+        kind = self._tombstones.get(session_key(tenant, session_id), SessionNotFound)
         what = {
             SessionExpired: "expired (idle TTL passed)",
             SessionEvicted: "was evicted to make room",
@@ -117,12 +125,12 @@ class SessionTable:
 
     def touch(self, session: Session, now: float | None = None) -> None:
         session.last_used = time.monotonic() if now is None else now
-        self.by_id.move_to_end(session.session_id)
+        self.by_id.move_to_end(session.key)
 
     # ----------------------------------------------------------- lifecycle --
 
     def create(
-        self, session_id: str | None, idle_ttl: float | None
+        self, session_id: str | None, idle_ttl: float | None, tenant: str = ""
     ) -> tuple[Session, list[Session]]:
         """Register a session on a free slot, whose state is zeros (torch.nn.GRU's h0).
 
@@ -130,7 +138,8 @@ class SessionTable:
         Callers grow the slab first when ``slab.needs_growth()``.
         """
         sid = session_id or uuid.uuid4().hex
-        if sid in self.by_id:
+        key = session_key(tenant, sid)
+        if key in self.by_id:
             raise SessionExists(f"session {sid!r} already exists", session_id=sid)
         evicted: list[Session] = []
         if not self._slab.has_free():
@@ -145,9 +154,10 @@ class SessionTable:
         ttl = self.default_ttl if idle_ttl is None else idle_ttl
         if ttl > 0:
             self._min_ttl = min(self._min_ttl, ttl)
-        session = Session(sid, self._slab.take(), ttl)
-        self.by_id[sid] = session
-        self._tombstones.pop(sid, None)
+        session = Session(sid, self._slab.take(), ttl, tenant, key)
+        self.by_id[key] = session
+        self.open_by_tenant[tenant] += 1
+        self._tombstones.pop(key, None)
         return session, evicted
 
     def _lru_victim(self) -> Session | None:
@@ -161,10 +171,11 @@ class SessionTable:
         if session.closed:
             return
         session.closed = True
-        del self.by_id[session.session_id]
+        del self.by_id[session.key]
+        self.open_by_tenant[session.tenant] -= 1
         self._release_slot(session.slot)
         if why is not None and why is not SessionNotFound:
-            self._tombstones[session.session_id] = why
+            self._tombstones[session.key] = why
             while len(self._tombstones) > TOMBSTONE_LIMIT:
                 self._tombstones.popitem(last=False)
 

@@ -34,8 +34,10 @@ class StepStream:
         results: ResultBuilder,
         settings: Settings,
         deadline: float | None,
+        tenant: str = "",
     ) -> None:
         self.engine = engine
+        self.tenant = tenant
         self.builder = results
         self.deadline = deadline
         self.results: asyncio.Queue[tuple[pb.StepResult, int] | None] = asyncio.Queue()
@@ -79,7 +81,7 @@ class StepStream:
                 try:
                     if type(request) is Undecodable:
                         raise request.error()
-                    command = convert.step_from_pb(request, self.deadline)
+                    command = convert.step_from_pb(request, self.deadline, self.tenant)
                     admitted = engine.try_step(command) or await engine.step(command)
                     future = admitted.future
                     cost = admitted.held_bytes

@@ -52,6 +52,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "capacity",
     "draining",
     "step_gap",
+    "quota",
 )
 # grpc.StatusCode names, spelled out so that this module needs no grpc import to validate.
 STATUS_CODES: frozenset[str] = frozenset(
