@@ -2,7 +2,7 @@
 when the server pipelines, and the Python client's stream reconnect, resend
 and ``ReplyLost`` when a real connection breaks.
 
-The scripted fake of ``tests/unit/test_client_fake_server.py`` applies
+The scripted fake of ``tests/unit/client_fake_server/fake_seqinfer.py`` applies
 strictly in order and breaks where it is told; here the breaks are made by a
 loopback TCP proxy between client and server that the test cuts, freezes
 (drops what the server sends) or holds (new connections wait), while an
