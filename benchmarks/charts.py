@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cells import cell_key
+
 
 def plot(results: dict[str, Any], path: Path) -> bool:
     """Throughput vs sessions, latency histograms, compute limit; False without matplotlib."""
@@ -62,14 +64,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         xs, ys = series(server, "stream")
         if xs:
             draw(ax, xs, ys, styles["stream"], colors[server], server)
-    ax.set(
+    _finish(
+        ax,
         xscale="log",
         xlabel="concurrent sessions N",
         ylabel="steps/s",
         title="StreamSteps, ping-pong (bench-gru)",
     )
-    _legend(ax)
-    ax.grid(alpha=0.3)
 
     ax = axes[0][1]
     for server in ("echo", "handwritten", "seqinfer"):
@@ -78,22 +79,23 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             if xs:
                 label = f"{server} {'StepMany' if transport == 'many' else 'unary Step'}"
                 draw(ax, xs, ys, styles[transport], colors[server], label)
-    ax.set(
+    _finish(
+        ax,
         xscale="log",
         yscale="log",
         xlabel="concurrent sessions N",
         ylabel="steps/s",
         title="unary Step (dotted) and StepMany ≤256/message (dashed)",
     )
-    _legend(ax)
-    ax.grid(alpha=0.3)
 
     ax = axes[1][0]
     # Histograms at N = 256 (the targets' N), or the largest N this run has;
     # dashed: the TorchServe workload (N sessions x K steps), seqinfer beside it.
     ns = sorted({c["sessions"] for c in cells if c["transport"] == "stream" and not c["steps"]})
     n_hist = 256 if 256 in ns else (ns[-1] if ns else 0)
-    wanted = [f"{s}/stream/bench-gru/N{n_hist}" for s in ("echo", "handwritten", "seqinfer")]
+    wanted = [
+        cell_key(s, "stream", "bench-gru", n_hist) for s in ("echo", "handwritten", "seqinfer")
+    ]
     wanted += [c["key"] for c in cells if c["steps"] and c["server"] in ("torchserve", "seqinfer")]
     spans: list[tuple[float, float]] = []
     for key in wanted:
@@ -114,14 +116,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         spans.append((edges[used[0]], edges[used[-1] + 1]))
     if spans:
         ax.set_xlim(min(s[0] for s in spans), max(s[1] for s in spans))
-    ax.set(
+    _finish(
+        ax,
         xscale="log",
         xlabel="step latency (ms)",
         ylabel="share of steps",
         title="Latency histograms",
     )
-    _legend(ax)
-    ax.grid(alpha=0.3)
 
     ax = axes[1][1]
     for model, color in (("bench-gru", "tab:green"), ("bench-gru-large", "tab:purple")):
@@ -140,15 +141,14 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ax.scatter(
             batch, ys, color="tab:blue", zorder=3, label="seqinfer StepMany (batch = N ≤ 256)"
         )
-    ax.set(
+    _finish(
+        ax,
         xscale="log",
         yscale="log",
         xlabel="batch size",
         ylabel="session-steps/s",
         title="Compute limit vs served StepMany",
     )
-    _legend(ax)
-    ax.grid(alpha=0.3)
 
     meta = results.get("meta", {})
     load = meta.get("load_before", [0.0])[0]
@@ -163,7 +163,10 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _legend(ax: Any) -> None:
+def _finish(ax: Any, **settings: Any) -> None:
+    """Scales and titles of one panel, its legend and its grid."""
+    ax.set(**settings)
     # Only when something was drawn: an empty legend warns.
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
