@@ -35,7 +35,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import baseline, compare, report
+from benchmarks import baseline, charts, compare, report
 from benchmarks.harness import Harness
 from benchmarks.plan import PLANS, Plan
 from benchmarks.servers import REPO
@@ -183,7 +183,7 @@ def _write(results: dict[str, Any], base: Path, publish_docs: bool) -> int:
     """Markdown and plot next to `base`.json; the exit status of the run."""
     text = report.markdown(results)
     image = base.with_suffix(".png")
-    plotted = report.plot(results, image)
+    plotted = charts.plot(results, image)
     if plotted:
         text += f"\n![benchmarks]({'img/benchmarks.png' if publish_docs else image.name})\n"
     base.with_suffix(".md").write_text(text)

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from benchmarks.report import TargetCheck
+from benchmarks.targets import TargetCheck
 
 # The regression bounds: throughput within 5 %, N=1 latency within 50 µs.
 MIN_RATIO = 0.95

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from seqinfer.service.config import Settings
+from seqinfer.service.config import load_settings
 from seqinfer.service.models.builtin import bench_gru
 from seqinfer.service.server import SeqinferServer
 from seqinfer.v1 import seqinfer_pb2 as pb
@@ -86,7 +86,9 @@ class Round:
 
 
 async def _one_round(transport: str, sessions: int, seconds: float, metrics: bool) -> Round:
-    settings = Settings(
+    # load_settings, not Settings(...): the same settings, but mypy (without
+    # pydantic's plugin) reads every Settings field as a required argument.
+    settings = load_settings(
         host="127.0.0.1",
         port=0,
         metrics_port=_free_port() if metrics else 0,

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+# RSS is read in bytes and shown in MiB.
+MIB = 2**20
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ import pytest
 
 from benchmarks import compare, server_metrics
 from benchmarks.cli import main
+from benchmarks.interleave import matrix_order
 from benchmarks.servers import REPO
 
 pytestmark = pytest.mark.timeout(180)
@@ -160,6 +161,19 @@ def test_baseline_ref_naming_no_commit_stops_before_any_server(tmp_path: Path) -
     with pytest.raises(SystemExit, match="names no commit"):
         main(["--plan", "smoke", "--baseline-ref", "no-such-ref-3f9c", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+def test_load_matrix_keeps_compared_cells_together_and_rotates_who_goes_first() -> None:
+    order = list(matrix_order(["echo", "hw", "si"], (1, 64), ("stream", "unary"), repeat=2))
+    assert len(order) == 3 * 2 * 2 * 2
+    blocks = [order[i : i + 3] for i in range(0, len(order), 3)]
+    for block in blocks:
+        # One workload per block, every server once: neighbours in time.
+        assert sorted(s for s, _, _ in block) == ["echo", "hw", "si"]
+        assert len({(t, n) for _, t, n in block}) == 1
+    assert [b[0][0] for b in blocks] == ["echo", "hw", "si", "echo", "hw", "si", "echo", "hw"]
+    workloads = [(t, n) for _, t, n in (b[0] for b in blocks)]
+    assert workloads == [("stream", 1), ("unary", 1), ("stream", 64), ("unary", 64)] * 2
 
 
 def _cell(server: str, transport: str, n: int, rate: float, p50: float) -> dict[str, Any]:
