@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import numpy.typing as npt
 
@@ -99,6 +100,24 @@ class StepCall:
         if self.idle_ttl is not None:
             req.idle_ttl_seconds = self.idle_ttl
         return req
+
+
+#: The keyword options of a step, in StepCall's order: the public step
+#: methods (``Client.step``, ``AsyncClient.step``, both streams' ``submit``)
+#: take exactly these, plus ``timeout`` for the unary ones.
+STEP_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(StepCall))[2:]
+
+
+def step_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The StepCall options among a public step method's ``locals()``.
+
+    The public step methods spell their keywords out, for ``help()``, IDEs
+    and type checkers, but pass them on through here instead of a forwarding
+    block each: a new step option is then added to StepCall and to those
+    signatures only, and tests/unit/test_client_parity.py fails if a
+    signature misses it.
+    """
+    return {name: arguments[name] for name in STEP_OPTIONS}
 
 
 def open_request(
