@@ -41,6 +41,14 @@ TimeoutOpt = Annotated[
 ]
 
 
+def _pem_file(flag: str, help_text: str) -> Any:
+    """A ``--flag PATH`` option for a PEM file that must exist (typer checks it: exit 2)."""
+    return Annotated[
+        Path | None,
+        typer.Option(flag, exists=True, dir_okay=False, readable=True, help=help_text),
+    ]
+
+
 # The options every client command takes to reach a TLS server and prove
 # who it is; `security_options` adds them, so they are spelled out once.
 _SECURITY_OPTIONS: dict[str, Any] = {
@@ -50,36 +58,9 @@ _SECURITY_OPTIONS: dict[str, Any] = {
             "--tls", help="Use TLS, checking the server against the system's CAs (or --ca)."
         ),
     ],
-    "ca": Annotated[
-        Path | None,
-        typer.Option(
-            "--ca",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            help="PEM CA certificates to check the server against (implies --tls).",
-        ),
-    ],
-    "cert": Annotated[
-        Path | None,
-        typer.Option(
-            "--cert",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            help="PEM client certificate for mutual TLS (needs --key; implies --tls).",
-        ),
-    ],
-    "key": Annotated[
-        Path | None,
-        typer.Option(
-            "--key",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            help="PEM private key of --cert.",
-        ),
-    ],
+    "ca": _pem_file("--ca", "PEM CA certificates to check the server against (implies --tls)."),
+    "cert": _pem_file("--cert", "PEM client certificate, for mutual TLS (needs --key)."),
+    "key": _pem_file("--key", "PEM private key of --cert."),
     "token": Annotated[
         str | None,
         typer.Option(
