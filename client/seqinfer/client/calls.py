@@ -92,13 +92,12 @@ def open_session(
     # An id is always sent, never left to the server, so that a retry after
     # a lost reply names the session the first attempt may have created.
     chosen = session_id or messages.new_request_id()
-    req = messages.open_request(
-        model,
-        model_version=model_version,
-        session_id=chosen,
-        initial_state=initial_state,
-        idle_ttl=idle_ttl,
-    )
+    req = pb.OpenSessionRequest(model=model, model_version=model_version, session_id=chosen)
+    state = messages.tensor_or_none(initial_state)
+    if state is not None:
+        req.initial_state.CopyFrom(state)
+    if idle_ttl is not None:
+        req.idle_ttl_seconds = idle_ttl
     adopt = chosen if session_id is None else None
     return Call("OpenSession", req, SessionInfo.from_proto, chosen, adopt_id=adopt)
 
@@ -115,7 +114,9 @@ def close_session(session_id: str) -> Call[int]:
 
 def fork_session(session_id: str, new_id: str | None, idle_ttl: float | None) -> Call[SessionInfo]:
     chosen = new_id or messages.new_request_id()
-    req = messages.fork_request(session_id, chosen, idle_ttl)
+    req = pb.ForkSessionRequest(session_id=session_id, new_session_id=chosen)
+    if idle_ttl is not None:
+        req.idle_ttl_seconds = idle_ttl
     adopt = chosen if new_id is None else None
     return Call("ForkSession", req, SessionInfo.from_proto, session_id, adopt_id=adopt)
 
@@ -142,15 +143,14 @@ def import_state(
     step: int | None,
     dtype: DTypeLike,
 ) -> Call[SessionInfo]:
-    req = messages.import_request(
-        session_id,
-        state,
-        create=create,
-        model=model,
+    tensor = messages.tensor_or_none(state, dtype)
+    assert tensor is not None  # state is required; None is rejected by the type
+    req = pb.ImportStateRequest(
+        session_id=session_id, state=tensor, create=create, model=model,
         model_version=model_version,
-        step=step,
-        dtype=dtype,
-    )
+    )  # fmt: skip
+    if step is not None:
+        req.step = step
     return Call("ImportState", req, SessionInfo.from_proto, session_id)
 
 

@@ -1,4 +1,4 @@
-"""Building request messages; shared by the sync and asyncio clients."""
+"""Step requests and wire encodings shared by the clients, handles and streams."""
 
 from __future__ import annotations
 
@@ -118,56 +118,3 @@ def step_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
     signature misses it.
     """
     return {name: arguments[name] for name in STEP_OPTIONS}
-
-
-def open_request(
-    model: str,
-    *,
-    model_version: str = "",
-    session_id: str = "",
-    initial_state: npt.ArrayLike | None = None,
-    idle_ttl: float | None = None,
-) -> pb.OpenSessionRequest:
-    """The OpenSession request."""
-    req = pb.OpenSessionRequest(model=model, model_version=model_version, session_id=session_id)
-    state = tensor_or_none(initial_state)
-    if state is not None:
-        req.initial_state.CopyFrom(state)
-    if idle_ttl is not None:
-        req.idle_ttl_seconds = idle_ttl
-    return req
-
-
-def fork_request(
-    session_id: str, new_session_id: str, idle_ttl: float | None
-) -> pb.ForkSessionRequest:
-    """The ForkSession request."""
-    req = pb.ForkSessionRequest(session_id=session_id, new_session_id=new_session_id)
-    if idle_ttl is not None:
-        req.idle_ttl_seconds = idle_ttl
-    return req
-
-
-def import_request(
-    session_id: str,
-    state: npt.ArrayLike,
-    *,
-    create: bool,
-    model: str,
-    model_version: str,
-    step: int | None,
-    dtype: DTypeLike,
-) -> pb.ImportStateRequest:
-    """The ImportState request."""
-    tensor = tensor_or_none(state, dtype)
-    assert tensor is not None  # state is required; None is rejected by the type
-    req = pb.ImportStateRequest(
-        session_id=session_id,
-        state=tensor,
-        create=create,
-        model=model,
-        model_version=model_version,
-    )
-    if step is not None:
-        req.step = step
-    return req
