@@ -3,69 +3,49 @@
 Same methods, arguments, results, errors and retry rules (see
 :mod:`seqinfer.client.client` for which calls are retried and why), but
 every call is a coroutine and the channel is a ``grpc.aio`` channel. Create
-it inside a running event loop.
+it inside a running event loop. Both clients build their calls in
+:mod:`seqinfer.client.calls`; this module is the public signatures plus the
+awaited loop that sends a call (tests/unit/test_client_parity.py keeps the
+two sets of signatures equal).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 import numpy.typing as npt
 
-from seqinfer.client import messages, tensors
-from seqinfer.client.client import StepManyResult, _step_many_results
+from seqinfer.client import calls
+from seqinfer.client.aio_stream import AsyncStepStream
+from seqinfer.client.batch import StepManyPlan, StepManyResult
+from seqinfer.client.calls import Call
+from seqinfer.client.core import UNKNOWN, ClientCore
 from seqinfer.client.datatypes import ExportedState, ModelInfo, SessionInfo, StepOutput
-from seqinfer.client.errors import SeqinferError, SessionExists, from_rpc_error
-from seqinfer.client.messages import Inputs, OutputMode, StepCall
-from seqinfer.client.options import (
-    DEFAULT_ADDRESS,
-    ChannelOptions,
-    Metadata,
-    call_metadata,
-    make_aio_channel,
-)
-from seqinfer.client.retry import RetryPolicy, acall_with_retry
+from seqinfer.client.errors import SeqinferError, from_rpc_error
+from seqinfer.client.messages import Inputs, OutputMode, StepCall, step_options
+from seqinfer.client.options import ChannelOptions, make_aio_channel
+from seqinfer.client.retry import acall_with_retry
 from seqinfer.client.session import AsyncSession, needs_kind
-from seqinfer.client.stream import DEFAULT_MAX_IN_FLIGHT, AsyncStepStream
-from seqinfer.client.tensors import DTypeLike, InputKind, timesteps
-from seqinfer.v1 import seqinfer_pb2 as pb
-from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
+from seqinfer.client.streamcore import DEFAULT_MAX_IN_FLIGHT
+from seqinfer.client.tensors import DTypeLike, InputKind
+
+R = TypeVar("R")
 
 AsyncStepItem = StepCall | tuple[AsyncSession, Inputs]
 
 
-class AsyncClient:
+class AsyncClient(ClientCore[grpc.aio.Channel]):
     """An asyncio connection to a seqinfer server; see ``Client`` for the arguments."""
 
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        *,
-        timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-        channel_credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        options: ChannelOptions | None = None,
-        channel: grpc.aio.Channel | None = None,
-    ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self.retry_policy = retry if retry is not None else RetryPolicy()
-        self._options = options if options is not None else ChannelOptions()
-        self._metadata: Metadata = tuple((str(k), str(v)) for k, v in metadata)
-        self._owns_channel = channel is None
-        self._channel = (
-            channel
-            if channel is not None
-            else make_aio_channel(address, self._options, channel_credentials)
-        )
-        self._stub: Any = pb_grpc.SeqinferStub(self._channel)
-        self._kinds: dict[tuple[str, str], InputKind | None] = {}
+    def _open_channel(
+        self, address: str, options: ChannelOptions, credentials: grpc.ChannelCredentials | None
+    ) -> grpc.aio.Channel:
+        return make_aio_channel(address, options, credentials)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -89,15 +69,24 @@ class AsyncClient:
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the server serves."""
-        resp = await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
-        return [ModelInfo.from_proto(m) for m in resp.models]
+        return await self.send(calls.list_models(), timeout=timeout)
 
     async def get_model(
         self, name: str, version: str = "", *, timeout: float | None = None
     ) -> ModelInfo:
         """One model; ``version`` "" means the newest."""
-        req = pb.GetModelRequest(name=name, version=version)
-        return ModelInfo.from_proto(await self._unary(self._stub.GetModel, req, timeout))
+        return await self.send(calls.get_model(name, version), timeout=timeout)
+
+    async def input_kind(self, model: str, version: str = "") -> InputKind | None:
+        """The model's input kind, asked once per model; None if unknown (see ``Client``)."""
+        kind = self._kinds.get(model, version)
+        if kind is not UNKNOWN:
+            return kind
+        try:
+            info = await self.get_model(model, version)
+        except SeqinferError:
+            return None  # let the server judge the inputs
+        return self._kinds.put(model, version, info.input_kind)
 
     # -- sessions -------------------------------------------------------------
 
@@ -112,22 +101,11 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncSession:
         """Opens a session and returns its handle (see ``Client.open_session``)."""
-        chosen = session_id or messages.new_request_id()
-        req = messages.open_request(
-            model,
-            model_version=model_version,
-            session_id=chosen,
-            initial_state=initial_state,
+        call = calls.open_session(
+            model, session_id, model_version=model_version, initial_state=initial_state,
             idle_ttl=idle_ttl,
-        )
-
-        async def adopt(attempt: int, error: SeqinferError) -> pb.SessionInfo | None:
-            if attempt > 1 and session_id is None and isinstance(error, SessionExists):
-                return await self._get_session_proto(chosen, timeout)
-            return None
-
-        info = await self._unary(self._stub.OpenSession, req, timeout, chosen, recover=adopt)
-        return AsyncSession(self, SessionInfo.from_proto(info))
+        )  # fmt: skip
+        return AsyncSession(self, await self.send(call, timeout=timeout))
 
     @asynccontextmanager
     async def session(
@@ -141,15 +119,11 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """``async with client.session("m") as s:`` opens a session, closing it on exit."""
-        sess = await self.open_session(
-            model,
-            session_id,
-            model_version=model_version,
-            initial_state=initial_state,
+        call = calls.open_session(
+            model, session_id, model_version=model_version, initial_state=initial_state,
             idle_ttl=idle_ttl,
-            timeout=timeout,
-        )
-        async with sess:
+        )  # fmt: skip
+        async with AsyncSession(self, await self.send(call, timeout=timeout)) as sess:
             yield sess
 
     async def attach(self, session_id: str, *, timeout: float | None = None) -> AsyncSession:
@@ -158,18 +132,11 @@ class AsyncClient:
 
     async def get_session(self, session_id: str, *, timeout: float | None = None) -> SessionInfo:
         """A session's info, including its step counter."""
-        return SessionInfo.from_proto(await self._get_session_proto(session_id, timeout))
-
-    async def _get_session_proto(self, session_id: str, timeout: float | None) -> pb.SessionInfo:
-        req = pb.GetSessionRequest(session_id=session_id)
-        result: pb.SessionInfo = await self._unary(self._stub.GetSession, req, timeout, session_id)
-        return result
+        return await self.send(calls.get_session(session_id), timeout=timeout)
 
     async def close_session(self, session_id: str, *, timeout: float | None = None) -> int:
         """Closes a session; returns the step counter it had."""
-        req = pb.CloseSessionRequest(session_id=session_id)
-        resp = await self._unary(self._stub.CloseSession, req, timeout, session_id)
-        return int(resp.final_step)
+        return await self.send(calls.close_session(session_id), timeout=timeout)
 
     async def fork_session(
         self,
@@ -180,22 +147,12 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncSession:
         """Copies a session's state and counter into a new session; returns its handle."""
-        chosen = new_id or messages.new_request_id()
-        req = messages.fork_request(session_id, chosen, idle_ttl)
-
-        async def adopt(attempt: int, error: SeqinferError) -> pb.SessionInfo | None:
-            if attempt > 1 and new_id is None and isinstance(error, SessionExists):
-                return await self._get_session_proto(chosen, timeout)
-            return None
-
-        info = await self._unary(self._stub.ForkSession, req, timeout, session_id, recover=adopt)
-        return AsyncSession(self, SessionInfo.from_proto(info))
+        info = await self.send(calls.fork_session(session_id, new_id, idle_ttl), timeout=timeout)
+        return AsyncSession(self, info)
 
     async def export_state(self, session_id: str, *, timeout: float | None = None) -> ExportedState:
         """``(state, info)``: the hidden state and the session."""
-        req = pb.ExportStateRequest(session_id=session_id)
-        resp = await self._unary(self._stub.ExportState, req, timeout, session_id)
-        return ExportedState(tensors.from_proto(resp.state), SessionInfo.from_proto(resp.session))
+        return await self.send(calls.export_state(session_id), timeout=timeout)
 
     async def import_state(
         self,
@@ -210,17 +167,11 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> SessionInfo:
         """Overwrites a session's hidden state (see ``Client.import_state``)."""
-        req = messages.import_request(
-            session_id,
-            state,
-            create=create,
-            model=model,
-            model_version=model_version,
-            step=step,
-            dtype=dtype,
-        )
-        resp = await self._unary(self._stub.ImportState, req, timeout, session_id)
-        return SessionInfo.from_proto(resp)
+        call = calls.import_state(
+            session_id, state, create=create, model=model, model_version=model_version,
+            step=step, dtype=dtype,
+        )  # fmt: skip
+        return await self.send(call, timeout=timeout)
 
     # -- stepping ----------------------------------------------------------
 
@@ -243,59 +194,17 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> StepOutput:
         """One step of a session by id (see ``Client.step``)."""
-        call = StepCall(
-            session_id=session_id,
-            inputs=inputs,
-            expected_step=expected_step,
-            request_id=request_id,
-            start=start,
-            model=model,
-            model_version=model_version,
-            reset=reset,
-            end=end,
-            output_mode=output_mode,
-            return_state=return_state,
-            idle_ttl=idle_ttl,
-            dtype=dtype,
-        )
-        kind = (
-            await self._input_kind(model, model_version) if model and needs_kind(inputs) else None
-        )
-        return await self._step_proto(call.to_proto(kind), timeout)
+        step = StepCall(session_id, inputs, **step_options(locals()))
+        kind = await self.input_kind(model, model_version) if model and needs_kind(inputs) else None
+        return await self.send(calls.step(step.to_proto(kind)), timeout=timeout)
 
     async def step_many(
         self, items: Sequence[AsyncStepItem], *, timeout: float | None = None
     ) -> list[StepManyResult]:
         """Steps of many sessions in one message (see ``Client.step_many``)."""
-        requests: list[pb.StepRequest] = []
-        handles: list[AsyncSession | None] = []
-        predicted: dict[int, int] = {}
-        for item in items:
-            if isinstance(item, StepCall):
-                kind = None
-                if item.model and needs_kind(item.inputs):
-                    kind = await self._input_kind(item.model, item.model_version)
-                requests.append(item.to_proto(kind))
-                handles.append(None)
-            else:
-                sess, inputs = item
-                kind = (
-                    await self._input_kind(sess.model, sess.model_version)
-                    if needs_kind(inputs)
-                    else None
-                )
-                # A handle may appear more than once (its steps apply in
-                # order): each item expects the counter after the previous one.
-                expected = predicted.get(id(sess), sess.step_count)
-                req = StepCall(sess.session_id, inputs, expected_step=expected).to_proto(kind)
-                predicted[id(sess)] = expected + timesteps(req.inputs)
-                requests.append(req)
-                handles.append(sess)
-        safe = all(r.HasField("expected_step") and r.request_id for r in requests)
-        resp = await self._unary(
-            self._stub.StepMany, pb.StepManyRequest(steps=requests), timeout, idempotent=safe
-        )
-        return _step_many_results(resp, requests, handles)
+        plan = StepManyPlan(items)
+        kinds = {key: await self.input_kind(*key) for key in plan.kinds_needed()}
+        return await self.send(plan.call(kinds), timeout=timeout)
 
     def stream(
         self, *, timeout: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
@@ -310,50 +219,24 @@ class AsyncClient:
             max_in_flight=max_in_flight,
         )
 
-    # -- internals -----------------------------------------------------------
+    # -- I/O -------------------------------------------------------------------
 
-    async def _step_proto(self, req: pb.StepRequest, timeout: float | None) -> StepOutput:
-        safe = req.HasField("expected_step") and bool(req.request_id)
-        resp = await self._unary(self._stub.Step, req, timeout, req.session_id, idempotent=safe)
-        return StepOutput.from_proto(resp)
-
-    async def _input_kind(self, model: str, version: str) -> InputKind | None:
-        """The model's input kind, fetched once per model; None if unknown."""
-        key = (model, version)
-        if key in self._kinds:
-            return self._kinds[key]
-        try:
-            info = await self.get_model(model, version)
-        except SeqinferError:
-            return None
-        kind: InputKind | None = (
-            info.input_kind if info.input_kind in ("dense", "tokens") else None  # type: ignore[assignment]
-        )
-        self._kinds[key] = kind
-        return kind
-
-    async def _unary(
-        self,
-        method: Callable[..., Any],
-        request: Any,
-        timeout: float | None,
-        session_id: str | None = None,
-        *,
-        idempotent: bool = True,
-        recover: Callable[[int, SeqinferError], Awaitable[Any]] | None = None,
-    ) -> Any:
-        metadata = call_metadata(self._metadata, self._options, session_id)
+    async def send(self, call: Call[R], *, timeout: float | None = None) -> R:
+        """Sends one prepared call, with retries, and returns its decoded reply."""
+        method = getattr(self._stub, call.method)
+        metadata = self._call_metadata(call.session_id)
 
         async def attempt(n: int, attempt_timeout: float | None) -> Any:
             try:
-                return await method(request, timeout=attempt_timeout, metadata=metadata)
+                return await method(call.request, timeout=attempt_timeout, metadata=metadata)
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                if recover is not None:
-                    recovered = await recover(n, error)
-                    if recovered is not None:
-                        return recovered
-                raise error from exc
+                stand_in = call.adoption(n, error)
+                if stand_in is None:
+                    raise error from exc
+                return await self.send(stand_in, timeout=timeout)
 
-        effective = timeout if timeout is not None else self.timeout
-        return await acall_with_retry(attempt, self.retry_policy, effective, idempotent=idempotent)
+        reply = await acall_with_retry(
+            attempt, self.retry_policy, self._deadline(timeout), idempotent=call.idempotent
+        )
+        return call.decode(reply)

@@ -1,10 +1,9 @@
-"""Session handles: a session id plus the step counter the client tracks.
+"""Session handles: :class:`Session` (sync) and :class:`AsyncSession` (asyncio).
 
-Every step a handle sends carries ``expected_step`` (the counter before the
-step) and a fresh ``request_id``. That pair is what lets the client retry a
-step after a lost reply without applying it twice, and it makes a step that
-would land out of order fail with ``StepGap`` instead of silently corrupting
-the state.
+Each is the public signature of a handle plus its I/O; what a step expects
+and what a reply does to the counter is decided in
+:mod:`seqinfer.client.handle`. See there for why every step carries
+``expected_step`` and a ``request_id``.
 
 A step whose outcome the client cannot know (its deadline passed, or the
 connection broke, after the request may have reached the engine) is kept
@@ -13,9 +12,8 @@ server answers with the cached reply (``replayed``) if the step applied, or
 applies now if it never did. Either way it applies exactly once and the
 counter is right.
 
-One handle is meant to be driven by one caller at a time; ``Session`` holds
-a lock so that concurrent ``step`` calls from threads queue up instead of
-racing on the counter.
+One handle is meant to be driven by one caller at a time; each holds a lock
+so that concurrent ``step`` calls queue up instead of racing on the counter.
 """
 
 from __future__ import annotations
@@ -23,140 +21,34 @@ from __future__ import annotations
 import asyncio
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
-from seqinfer.client import messages
+from seqinfer.client import calls
 from seqinfer.client.datatypes import SessionInfo, StepOutput
-from seqinfer.client.errors import SeqinferError, SessionNotFound, StepGap
-from seqinfer.client.messages import Inputs, OutputMode
-from seqinfer.client.tensors import DTypeLike, InputKind
-from seqinfer.v1 import seqinfer_pb2 as pb
-
-if TYPE_CHECKING:
-    from seqinfer.client.aio import AsyncClient
-    from seqinfer.client.client import Client
-
-
-# Failures made by gRPC itself (no ErrorInfo reason) after which a sent step
-# may or may not have been applied. Every seqinfer reason says it was not.
-_UNKNOWN_OUTCOME = frozenset(
-    {
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-    }
+from seqinfer.client.errors import SeqinferError, SessionNotFound
+from seqinfer.client.handle import (
+    AsyncSessionOwner,
+    SessionOwner,
+    SessionState,
+    needs_kind,
+    outcome_unknown,
+    outputs_of,
 )
+from seqinfer.client.messages import Inputs, OutputMode
+from seqinfer.client.tensors import DTypeLike
+
+__all__ = ["AsyncSession", "Session", "needs_kind", "outcome_unknown"]
 
 
-def outcome_unknown(error: SeqinferError) -> bool:
-    """Whether a step that failed with ``error`` may nevertheless have been applied."""
-    return not error.reason and error.code in _UNKNOWN_OUTCOME
-
-
-def needs_kind(inputs: Inputs) -> bool:
-    """Whether the array's shape alone leaves dense vs tokens ambiguous.
-
-    ``[T, F]`` is always dense, and an encoded Tensor is taken as is; a 1-D
-    or 0-D array could be one dense vector or token ids.
-    """
-    return not isinstance(inputs, pb.Tensor) and np.ndim(inputs) < 2
-
-
-class _SessionBase:
-    """State shared by the sync and async handles."""
-
-    def __init__(self, info: SessionInfo) -> None:
-        self.session_id = info.session_id
-        self.model = info.model
-        self.model_version = info.model_version
-        #: Timesteps applied so far, as far as this handle knows; the
-        #: ``expected_step`` of the next step.
-        self.step_count = info.step
-        #: The last SessionInfo the server sent for this session.
-        self.info = info
-        #: Set once this handle closed the session (close() or a step with end).
-        self.closed = False
-        # The last step, while its outcome is unknown (see ``recover``).
-        self._unsettled: pb.StepRequest | None = None
-
-    @property
-    def unsettled(self) -> bool:
-        """Whether the last step failed without telling whether it applied.
-
-        ``recover()`` settles it; the next ``step()`` forgets it (its
-        ``expected_step`` still keeps the order: it fails with ``StepGap``,
-        adopting the server's counter, if the unsettled step had applied).
-        """
-        return self._unsettled is not None
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(session_id={self.session_id!r}, model={self.model!r}, "
-            f"step_count={self.step_count})"
-        )
-
-    def _request(
-        self,
-        inputs: Inputs,
-        kind: InputKind | None,
-        *,
-        output_mode: OutputMode,
-        return_state: bool,
-        reset: bool,
-        end: bool,
-        dtype: DTypeLike,
-    ) -> pb.StepRequest:
-        return messages.StepCall(
-            session_id=self.session_id,
-            inputs=inputs,
-            expected_step=self.step_count,
-            output_mode=output_mode,
-            return_state=return_state,
-            reset=reset,
-            end=end,
-            dtype=dtype,
-        ).to_proto(kind)
-
-    def _failed(self, req: pb.StepRequest, error: SeqinferError) -> None:
-        if isinstance(error, StepGap):
-            self._gap(error)
-        elif outcome_unknown(error):
-            self._unsettled = req
-
-    def _take_unsettled(self) -> pb.StepRequest:
-        if self._unsettled is None:
-            raise RuntimeError("no step of this handle has an unknown outcome")
-        return self._unsettled
-
-    def _applied(self, out: StepOutput) -> None:
-        self.step_count = out.step
-        if out.closed:
-            self.closed = True
-
-    def _gap(self, gap: StepGap) -> None:
-        # The failed step applied nothing. Adopt the server's counter so the
-        # caller, who has seen the exception, can carry on without refresh().
-        if gap.current_step is not None:
-            self.step_count = gap.current_step
-
-    def _refreshed(self, info: SessionInfo) -> None:
-        self.info = info
-        self.step_count = info.step
-
-
-class Session(_SessionBase):
+class Session(SessionState):
     """A session on a server, driven through a sync :class:`Client`.
 
     Use as a context manager to close the session on exit.
     """
 
-    def __init__(self, client: Client, info: SessionInfo) -> None:
+    def __init__(self, client: SessionOwner, info: SessionInfo) -> None:
         super().__init__(info)
         self._client = client
         self._lock = threading.Lock()
@@ -185,17 +77,16 @@ class Session(_SessionBase):
             dtype: wire dtype of the inputs (default float32 / int64).
             timeout: deadline of this step, retries included.
         """
-        kind = (
-            self._client._input_kind(self.model, self.model_version) if needs_kind(inputs) else None
-        )
+        kind = None
+        if needs_kind(inputs):
+            kind = self._client.input_kind(self.model, self.model_version)
         with self._lock:
             req = self._request(
                 inputs, kind, output_mode=output_mode, return_state=return_state,
                 reset=reset, end=end, dtype=dtype,
             )  # fmt: skip
-            self._unsettled = None
             try:
-                out = self._client._step_proto(req, timeout)
+                out = self._client.send(calls.step(req), timeout=timeout)
             except SeqinferError as error:
                 self._failed(req, error)
                 raise
@@ -214,37 +105,32 @@ class Session(_SessionBase):
         with self._lock:
             req = self._take_unsettled()
             try:
-                out = self._client._step_proto(req, timeout)
+                out = self._client.send(calls.step(req), timeout=timeout)
             except SeqinferError as error:
-                if not outcome_unknown(error):
-                    self._unsettled = None
-                self._failed(req, error)
+                self._recover_failed(req, error)
                 raise
-            self._unsettled = None
-            self._applied(out)
+            self._recovered(out)
             return out
 
     def __call__(self, inputs: Inputs, **kwargs: object) -> np.ndarray:
         """Steps and returns only the outputs array (see :meth:`step`)."""
-        out = self.step(inputs, **kwargs)  # type: ignore[arg-type]
-        if out.outputs is None:
-            raise ValueError("this step returned no outputs (output_mode='none')")
-        return out.outputs
+        return outputs_of(self.step(inputs, **kwargs))  # type: ignore[arg-type]
 
     def refresh(self, timeout: float | None = None) -> SessionInfo:
         """Re-reads the session from the server and resyncs the step counter."""
-        info = self._client.get_session(self.session_id, timeout=timeout)
+        info = self._client.send(calls.get_session(self.session_id), timeout=timeout)
         with self._lock:
             self._refreshed(info)
         return info
 
     def fork(self, new_id: str | None = None, *, idle_ttl: float | None = None) -> Session:
         """A copy of this session (state and counter) under a new id."""
-        return self._client.fork_session(self.session_id, new_id, idle_ttl=idle_ttl)
+        info = self._client.send(calls.fork_session(self.session_id, new_id, idle_ttl))
+        return Session(self._client, info)
 
     def export_state(self) -> np.ndarray:
         """The hidden state ``[num_layers, hidden_size]``."""
-        state, info = self._client.export_state(self.session_id)
+        state, info = self._client.send(calls.export_state(self.session_id))
         with self._lock:
             self._refreshed(info)
         return state
@@ -253,16 +139,19 @@ class Session(_SessionBase):
         self, state: npt.ArrayLike, *, step: int | None = None, dtype: DTypeLike = None
     ) -> SessionInfo:
         """Overwrites the hidden state (and the counter, if ``step`` is given)."""
-        info = self._client.import_state(self.session_id, state, step=step, dtype=dtype)
+        call = calls.import_state(
+            self.session_id, state, create=False, model="", model_version="", step=step,
+            dtype=dtype,
+        )  # fmt: skip
+        info = self._client.send(call)
         with self._lock:
             self._refreshed(info)
         return info
 
     def close(self) -> int:
         """Closes the session; returns its final step counter."""
-        final = self._client.close_session(self.session_id)
-        self.closed = True
-        self.step_count = final
+        final = self._client.send(calls.close_session(self.session_id))
+        self._closed(final)
         return final
 
     def __enter__(self) -> Session:
@@ -284,13 +173,13 @@ class Session(_SessionBase):
             self.closed = True
 
 
-class AsyncSession(_SessionBase):
+class AsyncSession(SessionState):
     """A session on a server, driven through an :class:`AsyncClient`.
 
     Use as ``async with`` to close the session on exit.
     """
 
-    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+    def __init__(self, client: AsyncSessionOwner, info: SessionInfo) -> None:
         super().__init__(info)
         self._client = client
         self._lock = asyncio.Lock()
@@ -308,7 +197,7 @@ class AsyncSession(_SessionBase):
     ) -> StepOutput:
         """Applies one or more timesteps; see :meth:`Session.step`."""
         kind = (
-            await self._client._input_kind(self.model, self.model_version)
+            await self._client.input_kind(self.model, self.model_version)
             if needs_kind(inputs)
             else None
         )
@@ -317,9 +206,8 @@ class AsyncSession(_SessionBase):
                 inputs, kind, output_mode=output_mode, return_state=return_state,
                 reset=reset, end=end, dtype=dtype,
             )  # fmt: skip
-            self._unsettled = None
             try:
-                out = await self._client._step_proto(req, timeout)
+                out = await self._client.send(calls.step(req), timeout=timeout)
             except SeqinferError as error:
                 self._failed(req, error)
                 raise
@@ -331,26 +219,20 @@ class AsyncSession(_SessionBase):
         async with self._lock:
             req = self._take_unsettled()
             try:
-                out = await self._client._step_proto(req, timeout)
+                out = await self._client.send(calls.step(req), timeout=timeout)
             except SeqinferError as error:
-                if not outcome_unknown(error):
-                    self._unsettled = None
-                self._failed(req, error)
+                self._recover_failed(req, error)
                 raise
-            self._unsettled = None
-            self._applied(out)
+            self._recovered(out)
             return out
 
     async def __call__(self, inputs: Inputs, **kwargs: object) -> np.ndarray:
         """Steps and returns only the outputs array."""
-        out = await self.step(inputs, **kwargs)  # type: ignore[arg-type]
-        if out.outputs is None:
-            raise ValueError("this step returned no outputs (output_mode='none')")
-        return out.outputs
+        return outputs_of(await self.step(inputs, **kwargs))  # type: ignore[arg-type]
 
     async def refresh(self, timeout: float | None = None) -> SessionInfo:
         """Re-reads the session from the server and resyncs the step counter."""
-        info = await self._client.get_session(self.session_id, timeout=timeout)
+        info = await self._client.send(calls.get_session(self.session_id), timeout=timeout)
         self._refreshed(info)
         return info
 
@@ -358,11 +240,13 @@ class AsyncSession(_SessionBase):
         self, new_id: str | None = None, *, idle_ttl: float | None = None
     ) -> AsyncSession:
         """A copy of this session (state and counter) under a new id."""
-        return await self._client.fork_session(self.session_id, new_id, idle_ttl=idle_ttl)
+        info = await self._client.send(calls.fork_session(self.session_id, new_id, idle_ttl))
+        return AsyncSession(self._client, info)
 
     async def export_state(self) -> np.ndarray:
         """The hidden state ``[num_layers, hidden_size]``."""
-        state, info = await self._client.export_state(self.session_id)
+        exported = await self._client.send(calls.export_state(self.session_id))
+        state, info = exported
         self._refreshed(info)
         return state
 
@@ -370,15 +254,18 @@ class AsyncSession(_SessionBase):
         self, state: npt.ArrayLike, *, step: int | None = None, dtype: DTypeLike = None
     ) -> SessionInfo:
         """Overwrites the hidden state (and the counter, if ``step`` is given)."""
-        info = await self._client.import_state(self.session_id, state, step=step, dtype=dtype)
+        call = calls.import_state(
+            self.session_id, state, create=False, model="", model_version="", step=step,
+            dtype=dtype,
+        )  # fmt: skip
+        info = await self._client.send(call)
         self._refreshed(info)
         return info
 
     async def close(self) -> int:
         """Closes the session; returns its final step counter."""
-        final = await self._client.close_session(self.session_id)
-        self.closed = True
-        self.step_count = final
+        final = await self._client.send(calls.close_session(self.session_id))
+        self._closed(final)
         return final
 
     async def __aenter__(self) -> AsyncSession:

@@ -30,6 +30,7 @@ from seqinfer.cli.common import (
     TimeoutOpt,
     format_table,
     print_json,
+    security_options,
 )
 from seqinfer.client import Client, ModelInfo, SeqinferError, TensorError
 from seqinfer.client.messages import OutputMode
@@ -84,10 +85,14 @@ def _fail(reason: str, message: str, code: int) -> NoReturn:
 
 
 @contextmanager
-def _connect(address: str, timeout: float) -> Iterator[Client]:
+def _connect(address: str, timeout: float, security: dict[str, Any]) -> Iterator[Client]:
     """A client whose server errors become ``error: REASON: message`` and exit 1."""
     try:
-        with Client(address, timeout=timeout) as client:
+        client = Client(address, timeout=timeout, **security)
+    except ValueError as exc:  # e.g. --cert without --key
+        _fail("USAGE", str(exc), EXIT_USAGE)
+    try:
+        with client:
             yield client
     except SeqinferError as err:
         _fail(err.reason or err.code.name, err.message, EXIT_SERVER)
@@ -113,10 +118,12 @@ def model_row(m: ModelInfo) -> tuple[str, ...]:
     )
 
 
+@security_options
 def models(
     address: AddressOpt = DEFAULT_ADDRESS,
     timeout: TimeoutOpt = 10.0,
     output: OutputOpt = OutputFormat.table,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """List the models the server serves, as a table or as JSON.
 
@@ -124,7 +131,7 @@ def models(
     and size, dtype, device, open/max sessions. `--output json` prints every
     field of each model (max_timesteps, state_bytes_per_session, ...).
     """
-    with _connect(address, timeout) as client:
+    with _connect(address, timeout, security or {}) as client:
         listed = client.list_models()
     if output is OutputFormat.json:
         _print(listed)
@@ -136,6 +143,7 @@ def models(
 
 
 @session_app.command("open")
+@security_options
 def session_open(
     model: Annotated[str, typer.Argument(help="Model name, as `seqinfer models` lists it.")],
     session_id: Annotated[
@@ -152,36 +160,42 @@ def session_open(
     ] = "",
     address: AddressOpt = DEFAULT_ADDRESS,
     timeout: TimeoutOpt = 10.0,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Open a session on MODEL; prints its info, including the session_id to step with."""
-    with _connect(address, timeout) as client:
+    with _connect(address, timeout, security or {}) as client:
         sess = client.open_session(model, session_id, model_version=version, idle_ttl=ttl)
         _print(sess.info)
 
 
 @session_app.command("get")
+@security_options
 def session_get(
     session_id: Annotated[str, typer.Argument(help="Session id.")],
     address: AddressOpt = DEFAULT_ADDRESS,
     timeout: TimeoutOpt = 10.0,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Show a session: model, step counter (timesteps applied), state tier, TTL."""
-    with _connect(address, timeout) as client:
+    with _connect(address, timeout, security or {}) as client:
         _print(client.get_session(session_id))
 
 
 @session_app.command("close")
+@security_options
 def session_close(
     session_id: Annotated[str, typer.Argument(help="Session id.")],
     address: AddressOpt = DEFAULT_ADDRESS,
     timeout: TimeoutOpt = 10.0,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Close a session and free its state; prints its final step counter."""
-    with _connect(address, timeout) as client:
+    with _connect(address, timeout, security or {}) as client:
         _print({"session_id": session_id, "final_step": client.close_session(session_id)})
 
 
 @session_app.command("fork")
+@security_options
 def session_fork(
     session_id: Annotated[str, typer.Argument(help="Session to copy.")],
     new_id: Annotated[
@@ -192,13 +206,15 @@ def session_fork(
     ] = None,
     address: AddressOpt = DEFAULT_ADDRESS,
     timeout: TimeoutOpt = 10.0,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Copy a session's state and step counter into a new session; prints the copy's info."""
-    with _connect(address, timeout) as client:
+    with _connect(address, timeout, security or {}) as client:
         _print(client.fork_session(session_id, new_id, idle_ttl=ttl).info)
 
 
 @session_app.command("export")
+@security_options
 def session_export(
     session_id: Annotated[str, typer.Argument(help="Session id.")],
     npy: Annotated[
@@ -207,9 +223,10 @@ def session_export(
     ] = None,
     address: AddressOpt = DEFAULT_ADDRESS,
     timeout: TimeoutOpt = 10.0,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Print (or save) a session's hidden state (num_layers x hidden_size) and info."""
-    with _connect(address, timeout) as client:
+    with _connect(address, timeout, security or {}) as client:
         state, info = client.export_state(session_id)
     if npy is not None:
         np.save(npy, state)
@@ -245,6 +262,7 @@ def _random_inputs(client: Client, model: str, timesteps: int, seed: int) -> np.
     return rng.standard_normal((timesteps, info.input_size), dtype=np.float32)
 
 
+@security_options
 def step(
     session_id: Annotated[str, typer.Argument(help="Session id (see `seqinfer session open`).")],
     json_text: Annotated[
@@ -302,6 +320,7 @@ def step(
     ] = None,
     address: AddressOpt = DEFAULT_ADDRESS,
     timeout: TimeoutOpt = 10.0,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Apply timesteps to a session; prints outputs and the new step counter as JSON.
 
@@ -319,7 +338,7 @@ def step(
         _fail("USAGE", "--all and --no-outputs exclude each other", EXIT_USAGE)
     if start and not model:
         _fail("USAGE", "--start needs --model", EXIT_USAGE)
-    with _connect(address, timeout) as client:
+    with _connect(address, timeout, security or {}) as client:
         model_name = model
         if random_steps is not None:
             if any(x is not None for x in (json_text, json_file, npy)):

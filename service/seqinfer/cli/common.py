@@ -10,14 +10,18 @@ Nothing here imports torch or numpy, so every command can use it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from seqinfer.client.options import ADDRESS_ENV
+from seqinfer.client.security import TOKEN_ENV
 
 # Passed to every typer.Typer of the CLI (a sub-app renders its own help).
 TYPER_SETTINGS: dict[str, Any] = {"rich_markup_mode": None}
@@ -35,6 +39,80 @@ AddressOpt = Annotated[
 TimeoutOpt = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for the answer, retries included.")
 ]
+
+
+def _pem_file(flag: str, help_text: str) -> Any:
+    """A ``--flag PATH`` option for a PEM file that must exist (typer checks it: exit 2)."""
+    return Annotated[
+        Path | None,
+        typer.Option(flag, exists=True, dir_okay=False, readable=True, help=help_text),
+    ]
+
+
+# The options every client command takes to reach a TLS server and prove
+# who it is; `security_options` adds them, so they are spelled out once.
+_SECURITY_OPTIONS: dict[str, Any] = {
+    "tls": Annotated[
+        bool,
+        typer.Option(
+            "--tls", help="Use TLS, checking the server against the system's CAs (or --ca)."
+        ),
+    ],
+    "ca": _pem_file("--ca", "PEM CA certificates to check the server against (implies --tls)."),
+    "cert": _pem_file("--cert", "PEM client certificate, for mutual TLS (needs --key)."),
+    "key": _pem_file("--key", "PEM private key of --cert."),
+    "token": Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar=TOKEN_ENV,
+            show_envvar=True,
+            help="Bearer token sent with every call (prefer the environment variable: "
+            "a command line is visible to other users).",
+        ),
+    ],
+}
+_SECURITY_DEFAULTS: dict[str, Any] = {"tls": False, "ca": None, "cert": None, "key": None}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def security_options(fn: F) -> F:
+    """Gives a client command ``--tls --ca --cert --key --token``, passed on as ``security``.
+
+    ``fn`` takes ``security: dict[str, Any]``: the keyword arguments for
+    ``Client`` (certificates read from their files). Typer reads the
+    wrapper's signature, so the options appear in ``--help`` as if written
+    out in each command.
+    """
+    sig = inspect.signature(fn, eval_str=True)
+    kept = [p for p in sig.parameters.values() if p.name != "security"]
+    added = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+            default=_SECURITY_DEFAULTS.get(name),
+        )
+        for name, kind in _SECURITY_OPTIONS.items()
+    ]  # fmt: skip
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tls, ca, cert, key = (kwargs.pop(n) for n in ("tls", "ca", "cert", "key"))
+        security = {
+            "tls": tls,
+            "root_certificates": ca.read_bytes() if ca is not None else None,
+            "client_certificate": cert.read_bytes() if cert is not None else None,
+            "client_key": key.read_bytes() if key is not None else None,
+            "token": kwargs.pop("token") or None,
+        }
+        return fn(*args, security=security, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **{p.name: p.annotation for p in kept},
+        **_SECURITY_OPTIONS,
+    }
+    return wrapper  # type: ignore[return-value]
 
 
 class OutputFormat(StrEnum):
