@@ -7,12 +7,17 @@ and imports made between rounds; every reply is checked against nn.GRU over
 the session's whole history. The run asserts that sessions really shared
 batches, and a second test that one session's requests apply in the order
 they were sent.
+
+``SEQINFER_TEST_DEVICE=cuda`` serves the models on the GPU (the device
+script does: slab on CUDA, CUDA graphs per batch bucket); skipped there when
+no GPU is present.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import zlib
 from collections import defaultdict
@@ -38,6 +43,10 @@ from tests.support import (
     to_tensor,
     wait_until,
 )
+
+DEVICE = os.environ.get("SEQINFER_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    pytest.skip("SEQINFER_TEST_DEVICE=cuda but no GPU", allow_module_level=True)
 
 SESSIONS = 64
 FORKS = 8
@@ -263,7 +272,7 @@ async def _drive(address: str, name: str) -> int:
 def test_interleaved_sessions_match_full_sequence_gru(name: str):
     sizes = BatchSizes()
     models = [model for model, _ in MODELS.values()]
-    with running_server(models, observer=sizes, long_chunk_threshold=16) as server:
+    with running_server(models, observer=sizes, long_chunk_threshold=16, device=DEVICE) as server:
         stepped = asyncio.run(_drive(server.address, name))
     batches = sizes.sizes[f"{name}:1"]
     # StepMany submits all its items before the scheduler runs: one iteration
@@ -298,7 +307,7 @@ def test_one_sessions_requests_apply_in_the_order_sent():
             )
         )
         requests.append(pb.StepRequest(session_id=pick.choice(others), inputs=to_tensor(x[:1])))
-    with running_server([ORDERED]) as server, stub(server.address) as api:
+    with running_server([ORDERED], device=DEVICE) as server, stub(server.address) as api:
         for sid in ("first", "ordered", *others):
             api.OpenSession(pb.OpenSessionRequest(model="ordered", session_id=sid))
         with gated(server) as gate:

@@ -1,7 +1,12 @@
-"""The engine against torch.nn.GRU over whole sequences, on the CPU."""
+"""The engine against torch.nn.GRU over whole sequences, on the CPU.
+
+``SEQINFER_TEST_DEVICE=cuda`` runs the same tests on the GPU (the device
+script does); they are skipped there when no GPU is present.
+"""
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -10,6 +15,10 @@ import torch
 
 from seqinfer.service.engine import EngineItem, GRUEngine, OutputMode
 from tests.support import make_model, reference_run
+
+DEVICE = torch.device(os.environ.get("SEQINFER_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    pytest.skip("SEQINFER_TEST_DEVICE=cuda but no GPU", allow_module_level=True)
 
 CASES = [
     ("dense", 1, "logits"),
@@ -30,7 +39,7 @@ def _inputs(model, length: int, rng: np.random.Generator) -> np.ndarray:
 @pytest.mark.parametrize(("kind", "layers", "output_kind"), CASES)
 def test_interleaved_batches_equal_full_sequence_gru(kind: str, layers: int, output_kind: str):
     model = make_model(kind, layers=layers, output_kind=output_kind, seed=layers)
-    engine = GRUEngine(model, torch.device("cpu"), long_chunk_threshold=6)
+    engine = GRUEngine(model, DEVICE, long_chunk_threshold=6)
     slab = engine.new_slab(12)
     rng = np.random.default_rng(1)
     pick = random.Random(2)
@@ -50,12 +59,12 @@ def test_interleaved_batches_equal_full_sequence_gru(kind: str, layers: int, out
             continue
         want_out, want_state = reference_run(model, np.concatenate(sent[slot]))
         np.testing.assert_allclose(np.concatenate(got[slot]), want_out, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(slab[:, slot].numpy(), want_state, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(slab[:, slot].cpu().numpy(), want_state, atol=1e-5, rtol=0)
 
 
 def test_output_modes_state_and_reset():
     model = make_model("dense")
-    engine = GRUEngine(model, torch.device("cpu"))
+    engine = GRUEngine(model, DEVICE)
     slab = engine.new_slab(4)
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     last, none, full = engine.run(
@@ -68,7 +77,7 @@ def test_output_modes_state_and_reset():
     )
     assert last.outputs.shape == (5,) and none.outputs is None and full.outputs.shape == (3, 5)
     np.testing.assert_array_equal(last.outputs, full.outputs[-1])
-    np.testing.assert_array_equal(last.state, slab[:, 0].numpy())
+    np.testing.assert_array_equal(last.state, slab[:, 0].cpu().numpy())
     torch.testing.assert_close(slab[:, 0], slab[:, 1])
     # reset zeroes the state first: same as a fresh slot
     again = engine.run(slab, [EngineItem(0, x, reset=True, output_mode=OutputMode.ALL)])[0]
@@ -78,8 +87,8 @@ def test_output_modes_state_and_reset():
 
 def test_long_chunk_path_matches_step_path():
     model = make_model("dense", layers=2)
-    step_engine = GRUEngine(model, torch.device("cpu"), long_chunk_threshold=1000)
-    long_engine = GRUEngine(model, torch.device("cpu"), long_chunk_threshold=2)
+    step_engine = GRUEngine(model, DEVICE, long_chunk_threshold=1000)
+    long_engine = GRUEngine(model, DEVICE, long_chunk_threshold=2)
     x = np.random.default_rng(1).standard_normal((40, 8)).astype(np.float32)
     a_slab, b_slab = step_engine.new_slab(2), long_engine.new_slab(2)
     a = step_engine.run(a_slab, [EngineItem(1, x, output_mode=OutputMode.ALL)])[0]
@@ -91,7 +100,7 @@ def test_long_chunk_path_matches_step_path():
 @pytest.mark.parametrize("batch", [1, 7])
 def test_single_step_fast_path_equals_full_sequence_gru(batch: int):
     model = make_model("tokens", layers=2, input_size=30, seed=11)
-    engine = GRUEngine(model, torch.device("cpu"))
+    engine = GRUEngine(model, DEVICE)
     slab = engine.new_slab(10)
     rng = np.random.default_rng(3)
     modes = [OutputMode.LAST, OutputMode.ALL, OutputMode.NONE]

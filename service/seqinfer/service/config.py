@@ -155,6 +155,24 @@ class Settings(BaseSettings):
         128, ge=1, description="Longest accepted request id (echoed in replies, kept per session)."
     )
 
+    cuda_graphs: bool = Field(
+        True,
+        description="On CUDA, capture the single-step batch as a CUDA graph per batch-size "
+        "bucket (powers of two up to max_batch_size) at start-up; batches are padded to "
+        "their bucket. No effect on CPU.",
+    )
+    precision: Literal["model", "float32", "bfloat16", "float16"] = Field(
+        "model",
+        description="Dtype of every model's weights and state: `model` (each model's own) "
+        "or one for all. Replies keep the model's dtype; float32 runs with TF32 off.",
+    )
+    max_state_bytes: int = Field(
+        0,
+        ge=0,
+        description="Bytes of state slab per model at most (caps growth as max_sessions "
+        "does); 0 = no byte limit.",
+    )
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:

@@ -7,18 +7,28 @@ chunk. Everything here runs in the order of the model's worker, which also
 orders every other slab access (on the worker thread, or on the event loop
 while the worker is idle: ``Scheduler._execute``), so no lock is needed
 around the slab.
+
+On CUDA, batches of single steps run on static buffers (``graphs``): pinned
+staging, slot indices on the device, and CUDA graphs per batch-size bucket.
+The CPU default keeps the plain path below, which is as fast there.
+``precision`` may run a model's weights and state in another floating
+dtype than its own; replies keep the model's dtype on the wire.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from seqinfer.service.models.spec import InputKind, LoadedModel, OutputKind
+from seqinfer.service.graphs import StaticStep
+from seqinfer.service.models.spec import DTYPES, InputKind, LoadedModel, OutputKind
+
+Precision = Literal["model", "float32", "bfloat16", "float16"]
 
 
 class OutputMode(IntEnum):
@@ -53,12 +63,38 @@ class EngineResult:
 class GRUEngine:
     """A model's weights on a device, and the step over rows of a state slab."""
 
-    def __init__(self, model: LoadedModel, device: torch.device, long_chunk_threshold: int = 16):
+    def __init__(
+        self,
+        model: LoadedModel,
+        device: torch.device,
+        long_chunk_threshold: int = 16,
+        *,
+        precision: Precision = "model",
+        max_batch_size: int = 256,
+        static_batches: bool | None = None,
+        pad_to_buckets: bool | None = None,
+        cuda_graphs: bool = True,
+    ):
+        """``static_batches`` (default: on CUDA only) runs single-step batches of
+        up to ``max_batch_size`` on static buffers; ``pad_to_buckets`` (default:
+        where CUDA graphs are used) pads them to their bucket, which reserves a
+        dummy slot in every slab this engine makes. Tests turn both on on CPU."""
         spec = model.spec
         self.spec = spec
         self.device = device
         self.long_chunk_threshold = long_chunk_threshold
-        t = {name: tensor.to(device) for name, tensor in model.tensors.items()}
+        self.dtype = spec.torch_dtype if precision == "model" else DTYPES[precision]
+        # Replies keep the model's dtype (numpy has no bfloat16: float32).
+        self._wire_dtype = torch.float32 if spec.torch_dtype is torch.bfloat16 else spec.torch_dtype
+        if device.type == "cuda":
+            # Process-wide: TF32 would make float32 differ from nn.GRU on CPU by ~1e-3.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        t = {
+            name: tensor.to(device, self.dtype if tensor.is_floating_point() else None)
+            for name, tensor in model.tensors.items()
+        }
+        self.weights_bytes = sum(v.numel() * v.element_size() for v in t.values())
         self.embedding = t["embedding.weight"] if spec.input_kind is InputKind.TOKENS else None
         # The nn.GRU serves long chunks; the step path shares its parameters.
         self.gru = nn.GRU(
@@ -66,7 +102,7 @@ class GRUEngine:
             spec.hidden_size,
             spec.num_layers,
             device=device,
-            dtype=spec.torch_dtype,
+            dtype=self.dtype,
         )
         with torch.no_grad():
             for name, param in self.gru.named_parameters():
@@ -83,15 +119,52 @@ class GRUEngine:
         ]
         self.head_weight = t.get("head.weight") if spec.has_head else None
         self.head_bias = t.get("head.bias") if spec.has_head else None
+        on_cuda = device.type == "cuda"
+        pad = (on_cuda and cuda_graphs) if pad_to_buckets is None else pad_to_buckets
+        self.static: StaticStep | None = None
+        if on_cuda if static_batches is None else static_batches:
+            tokens = spec.input_kind is InputKind.TOKENS
+            self.static = StaticStep(
+                self._static_step,
+                max_batch=max_batch_size,
+                row_shape=() if tokens else (spec.input_size,),
+                input_dtype=torch.int64 if tokens else self._staging_dtype(),
+                layers=spec.num_layers,
+                hidden=spec.hidden_size,
+                out_features=spec.out_features,
+                dtype=self.dtype,
+                device=device,
+                pad=pad,
+            )
+        # The padded path needs a column no session owns.
+        self.reserved_slots = 1 if self.static is not None and pad else 0
+        self._cuda_graphs = on_cuda and cuda_graphs and pad
+
+    def _staging_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype is torch.float64 else torch.float32
+
+    @property
+    def graph_bytes(self) -> int:
+        """Device bytes of the static step buffers and the CUDA graphs' pool."""
+        if self.static is None:
+            return 0
+        return self.static.buffer_bytes + self.static.graph_pool_bytes
+
+    def capture_graphs(self) -> float:
+        """Capture the CUDA graphs (if any); returns the seconds it took."""
+        if self.static is None or not self._cuda_graphs:
+            return 0.0
+        return self.static.capture()
 
     # ------------------------------------------------------------ helpers --
 
     def new_slab(self, capacity: int) -> torch.Tensor:
+        """``capacity`` session columns, then ``reserved_slots`` dummy columns."""
         return torch.zeros(
             self.spec.num_layers,
-            capacity,
+            capacity + self.reserved_slots,
             self.spec.hidden_size,
-            dtype=self.spec.torch_dtype,
+            dtype=self.dtype,
             device=self.device,
         )
 
@@ -100,7 +173,7 @@ class GRUEngine:
         # np.concatenate copies, so the read-only request buffers are never aliased.
         x = torch.from_numpy(np.concatenate(parts)).to(self.device, non_blocking=True)
         if self.embedding is None:
-            return x.to(self.spec.torch_dtype)
+            return x.to(self.dtype)
         return self.embedding[x.long()]
 
     def _head(self, top: torch.Tensor) -> torch.Tensor:
@@ -125,6 +198,8 @@ class GRUEngine:
         if resets:
             slab[:, torch.tensor(resets, device=self.device)] = 0
         if all(it.inputs.shape[0] == 1 for it in items):
+            if self.static is not None and len(items) <= self.static.max_batch:
+                return self._run_static(slab, items)
             return self._run_single_steps(slab, items)
         long_idx = [
             i for i, it in enumerate(items) if it.inputs.shape[0] >= self.long_chunk_threshold
@@ -154,6 +229,7 @@ class GRUEngine:
             for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
                 x = torch.gru_cell(x, column[k], w_ih, w_hh, b_ih, b_hh)
                 column[k] = x
+            new_h = column
         else:
             slots = torch.from_numpy(np.fromiter((it.slot for it in items), np.int64, len(items)))
             slots = slots.to(self.device, non_blocking=True)
@@ -162,9 +238,42 @@ class GRUEngine:
             for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
                 x = torch.gru_cell(x, h[k], w_ih, w_hh, b_ih, b_hh)
                 new_states.append(x)
-            slab.index_copy_(1, slots, torch.stack(new_states))
+            new_h = torch.stack(new_states)
+            slab.index_copy_(1, slots, new_h)
+        return self._single_results(items, self._head(x), new_h, static=False)
+
+    def _run_static(self, slab: torch.Tensor, items: list[EngineItem]) -> list[EngineResult]:
+        """Single steps on the static buffers (pinned staging, CUDA graphs, padding)."""
+        assert self.static is not None
+        slots = np.fromiter((it.slot for it in items), np.int64, len(items))
+        dummy = slab.shape[1] - 1  # the reserved column, when padding (else unused)
+        new_h, out = self.static.run(slab, [it.inputs for it in items], slots, dummy)
+        return self._single_results(items, out, new_h, static=True)
+
+    @torch.no_grad()
+    def _static_step(
+        self, x: torch.Tensor, h: torch.Tensor, new_h: torch.Tensor, out: torch.Tensor
+    ) -> None:
+        """What a CUDA graph captures: the layers and the head on static buffers."""
+        x = x.to(self.dtype) if self.embedding is None else self.embedding[x]
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+            x = torch.gru_cell(x, h[k], w_ih, w_hh, b_ih, b_hh)
+            new_h[k].copy_(x)
+        out.copy_(self._head(x))
+
+    def _single_results(
+        self, items: list[EngineItem], out: torch.Tensor, new_h: torch.Tensor, *, static: bool
+    ) -> list[EngineResult]:
+        """Split one batch's outputs [B, O] and new states [L, B, H] (real rows
+        first): one copy to the host for each, not one per item. ``static``:
+        they are buffers the next batch overwrites, so the host gets a copy."""
         wanted = any(it.output_mode is not OutputMode.NONE for it in items)
-        outputs = self._to_numpy(self._head(x)) if wanted else None
+        outputs = self._to_numpy(out[: len(items)], copy=static) if wanted else None
+        asked = [i for i, it in enumerate(items) if it.return_state]
+        states: dict[int, np.ndarray] = {}
+        if asked:
+            rows = new_h if len(asked) == len(items) else new_h[:, asked]
+            states = dict(zip(asked, self._host_states(rows[:, : len(asked)])))
         results = []
         for i, it in enumerate(items):
             item_outputs = None
@@ -173,9 +282,13 @@ class GRUEngine:
                     item_outputs = outputs[i]
                 elif it.output_mode is OutputMode.ALL:
                     item_outputs = outputs[i : i + 1]
-            state = self._to_numpy(slab[:, it.slot].clone()) if it.return_state else None
-            results.append(EngineResult(item_outputs, state))
+            results.append(EngineResult(item_outputs, states.get(i)))
         return results
+
+    def _host_states(self, block: torch.Tensor) -> np.ndarray:
+        """States [L, k, H] as one host array [k, L, H]: one copy, never a view
+        of the slab or of a static buffer."""
+        return self._to_numpy(block.transpose(0, 1), copy=True)
 
     def _run_short(self, slab: torch.Tensor, items: list[EngineItem]) -> list[torch.Tensor]:
         """Step-by-step over a batch; returns each item's top-layer outputs [T, H]."""
@@ -222,9 +335,14 @@ class GRUEngine:
             elif it.output_mode is OutputMode.LAST:
                 rows.append(top[-1:])
         outputs = self._to_numpy(self._head(torch.cat(rows))) if rows else None
+        asked = [i for i, it in enumerate(items) if it.return_state]
+        states: dict[int, np.ndarray] = {}
+        if asked:
+            slots = torch.tensor([items[i].slot for i in asked], device=self.device)
+            states = dict(zip(asked, self._host_states(slab.index_select(1, slots))))
         results = []
         offset = 0
-        for it in items:
+        for i, it in enumerate(items):
             item_outputs = None
             if it.output_mode is OutputMode.ALL:
                 assert outputs is not None
@@ -234,11 +352,9 @@ class GRUEngine:
                 assert outputs is not None
                 item_outputs = outputs[offset]
                 offset += 1
-            state = self._to_numpy(slab[:, it.slot].clone()) if it.return_state else None
-            results.append(EngineResult(item_outputs, state))
+            results.append(EngineResult(item_outputs, states.get(i)))
         return results
 
-    @staticmethod
-    def _to_numpy(value: torch.Tensor) -> np.ndarray:
-        value = value.to("cpu")
-        return (value.float() if value.dtype is torch.bfloat16 else value).numpy()
+    def _to_numpy(self, value: torch.Tensor, copy: bool = False) -> np.ndarray:
+        # Without ``copy`` a CPU tensor already in the wire dtype is shared, not copied.
+        return value.to("cpu", self._wire_dtype, copy=copy).contiguous().numpy()

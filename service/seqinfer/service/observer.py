@@ -24,6 +24,8 @@ class RuntimeStats:
     slab_bytes: int = 0  # bytes of the slab tensor
     queue_depth: int = 0  # requests accepted and not yet computed
     device_memory_bytes: int | None = None  # torch.cuda.memory_allocated on CUDA, else None
+    weights_bytes: int = 0  # bytes of the model's weights on its device
+    graph_bytes: int = 0  # static step buffers and CUDA graph pools (0 without them)
 
 
 class Observer:

@@ -41,7 +41,22 @@ class ModelRuntime:
         self.device = device
         self.settings = settings
         self.observer = observer
-        self.engine = GRUEngine(model, device, settings.long_chunk_threshold)
+        self.engine = GRUEngine(
+            model,
+            device,
+            settings.long_chunk_threshold,
+            precision=settings.precision,
+            max_batch_size=settings.max_batch_size,
+            cuda_graphs=settings.cuda_graphs,
+        )
+        seconds = self.engine.capture_graphs()
+        if self.engine.static is not None and self.engine.static.captured:
+            log.info(
+                "%s: captured CUDA graphs for batch sizes %s in %.2f s",
+                self.key,
+                ",".join(map(str, self.engine.static.captured)),
+                seconds,
+            )
         # OpenMP's thread count is per thread: without this the engine thread
         # would start a full team that spins on the core the event loop needs.
         threads = torch_thread_count(settings)
@@ -52,6 +67,7 @@ class ModelRuntime:
             self.engine,
             initial_capacity=settings.initial_capacity,
             max_capacity=settings.max_sessions,
+            max_bytes=settings.max_state_bytes,
         )
         self.table = SessionTable(
             self.slab,
@@ -214,4 +230,6 @@ class ModelRuntime:
             slab_bytes=self.slab.nbytes,
             queue_depth=self.scheduler.queue_depth,
             device_memory_bytes=memory,
+            weights_bytes=self.engine.weights_bytes,
+            graph_bytes=self.engine.graph_bytes,
         )

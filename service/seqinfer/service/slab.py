@@ -8,6 +8,15 @@ the order the model's engine worker runs its work (see ``worker``), which
 is what keeps a freed-and-reused slot from being written by a batch still
 in flight.
 
+When the engine pads batches to a bucket (CUDA graphs), the tensor has one
+more column after the sessions' (``engine.reserved_slots``): the dummy slot
+that padding rows point at. It is never given to a session nor counted in
+``capacity``; growth leaves it, zeroed, after the new columns.
+
+Capacity is bounded in sessions and, with ``max_bytes``, in bytes; a growth
+the device has no memory for ends growth where it is (new sessions are then
+CAPACITY_FULL), never the server.
+
 Invariant: every free slot holds zeros (new columns are zeros, and a slot is
 zeroed, in worker order, before it is released), so a new session starts
 from torch.nn.GRU's h0 without a round trip to the worker.
@@ -15,6 +24,7 @@ from torch.nn.GRU's h0 without a round trip to the worker.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,12 +32,34 @@ import torch
 if TYPE_CHECKING:
     from seqinfer.service.engine import GRUEngine
 
+log = logging.getLogger(__name__)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError is a RuntimeError; older paths raise the
+    # plain RuntimeError with this text.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )
+
 
 class StateSlab:
-    def __init__(self, engine: GRUEngine, *, initial_capacity: int, max_capacity: int) -> None:
+    def __init__(
+        self,
+        engine: GRUEngine,
+        *,
+        initial_capacity: int,
+        max_capacity: int,
+        max_bytes: int = 0,
+    ) -> None:
         self._engine = engine
-        self.max_capacity = max_capacity
-        self.capacity = min(initial_capacity, max_capacity)
+        spec = engine.spec
+        per_session = spec.num_layers * spec.hidden_size * engine.dtype.itemsize
+        if max_bytes:
+            # The dummy column counts against the bytes too: it is real memory.
+            max_capacity = min(max_capacity, max_bytes // per_session - engine.reserved_slots)
+        self.max_capacity = max(0, max_capacity)
+        self.capacity = min(initial_capacity, self.max_capacity)
         self.tensor = engine.new_slab(self.capacity)
         self._free: list[int] = list(range(self.capacity - 1, -1, -1))
 
@@ -50,10 +82,29 @@ class StateSlab:
     # ---------------------------------------------- contents (worker order) --
 
     def grow(self) -> None:
-        """Double the slab; replaces the tensor, which batches read on the worker."""
+        """Double the slab; replaces the tensor, which batches read on the worker.
+
+        Out of device memory, the slab stays as it is and stops growing.
+        """
         new_capacity = min(self.capacity * 2, self.max_capacity)
-        tensor = self._engine.new_slab(new_capacity)
-        tensor[:, : self.capacity] = self.tensor
+        try:
+            tensor = self._engine.new_slab(new_capacity)
+        except (RuntimeError, MemoryError) as exc:
+            if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
+                raise
+            log.warning(
+                "%s: no memory to grow the state slab from %d to %d sessions; "
+                "it stays at %d (new sessions get CAPACITY_FULL): %s",
+                self._engine.spec.key,
+                self.capacity,
+                new_capacity,
+                self.capacity,
+                exc,
+            )
+            self.max_capacity = self.capacity
+            return
+        # Only the sessions' columns: the new dummy column (if any) starts at zero.
+        tensor[:, : self.capacity] = self.tensor[:, : self.capacity]
         self._free.extend(range(new_capacity - 1, self.capacity - 1, -1))
         self.tensor = tensor
         self.capacity = new_capacity
@@ -66,7 +117,8 @@ class StateSlab:
             self.tensor[:, slot] = state.to(self.tensor.device, self.tensor.dtype)
 
     def read(self, slot: int) -> torch.Tensor:
-        return self.tensor[:, slot].to("cpu", copy=True)
+        # In the model's dtype, whatever precision the engine runs in.
+        return self.tensor[:, slot].to("cpu", self._engine.spec.torch_dtype, copy=True)
 
     def copy(self, source_slot: int, target_slot: int) -> None:
         self.tensor[:, target_slot] = self.tensor[:, source_slot]
