@@ -140,6 +140,22 @@ class Settings(BaseSettings):
         128, ge=1, description="Longest accepted request id (echoed in replies, kept per session)."
     )
 
+    durability: Literal["none", "snapshot"] = Field(
+        "none",
+        description="`none`: sessions end with the process; `snapshot`: written to "
+        "state_dir on SIGTERM and every snapshot_interval_seconds, restored on start "
+        "(see docs/durability.md).",
+    )
+    state_dir: Path | None = Field(
+        None, description="Directory of the session store (required unless durability is none)."
+    )
+    snapshot_interval_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="With durability snapshot: how often changed sessions are written "
+        "(a crash loses at most this window); 0 = only on shutdown.",
+    )
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
@@ -151,6 +167,11 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.metrics_port and self.metrics_port == self.port and self.metrics_host == self.host:
             raise ValueError("metrics_port must differ from port")
+        if self.durability != "none" and self.state_dir is None:
+            raise ValueError(
+                f"durability {self.durability} needs state_dir (--state-dir or "
+                "SEQINFER_STATE_DIR), the directory its session store lives in"
+            )
         return self
 
     @classmethod
