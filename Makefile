@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   -- venv, install, run the server on its built-in default model
+#                   (sessions snapshotted to .seqinfer-state, restored on restart)
 #   make test    -- venv, install, run the whole test suite
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -20,7 +21,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 serve: $(BIN)/.installed
-	$(BIN)/seqinfer serve $(ARGS)
+	$(BIN)/seqinfer serve --durability snapshot --state-dir .seqinfer-state $(ARGS)
 
 test: $(BIN)/.installed
 	bash scripts/test-services.sh

@@ -109,3 +109,11 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"`SEQINFER_{name.upper()}`" in readme, f"README lacks setting {name}"
+
+
+def test_durability_needs_a_state_dir(tmp_path: Path):
+    with pytest.raises(ConfigError, match="durability snapshot needs state_dir"):
+        load_settings(durability="snapshot")
+    settings = load_settings(durability="snapshot", state_dir=tmp_path)
+    assert settings.state_dir == tmp_path and settings.snapshot_interval_seconds == 30.0
+    assert load_settings().durability == "none"

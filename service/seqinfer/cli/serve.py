@@ -40,6 +40,15 @@ def serve(
         float | None, typer.Option(help="Default session idle TTL; 0 = never.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG | INFO | WARNING | ERROR.")] = None,
+    durability: Annotated[
+        str | None, typer.Option(help="none | snapshot: keep sessions across restarts.")
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Directory of the session store (with --durability).")
+    ] = None,
+    snapshot_interval_seconds: Annotated[
+        float | None, typer.Option(help="Seconds between snapshots; 0 = on shutdown only.")
+    ] = None,
 ) -> None:
     """Serve the built-in models (and --model-repository) over gRPC.
 
@@ -66,6 +75,9 @@ def serve(
             max_sessions=max_sessions,
             idle_ttl_seconds=idle_ttl_seconds,
             log_level=log_level,
+            durability=durability,
+            state_dir=state_dir,
+            snapshot_interval_seconds=snapshot_interval_seconds,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -172,6 +172,21 @@ class Settings(BaseSettings):
         description="Bytes of state slab per model at most (caps growth as max_sessions "
         "does); 0 = no byte limit.",
     )
+    durability: Literal["none", "snapshot"] = Field(
+        "none",
+        description="`none`: sessions end with the process; `snapshot`: written to "
+        "state_dir on SIGTERM and every snapshot_interval_seconds, restored on start "
+        "(see docs/durability.md).",
+    )
+    state_dir: Path | None = Field(
+        None, description="Directory of the session store (required unless durability is none)."
+    )
+    snapshot_interval_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="With durability snapshot: how often changed sessions are written "
+        "(a crash loses at most this window); 0 = only on shutdown.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -190,6 +205,11 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (TLS)")
         if self.tls_require_client_cert and self.tls_client_ca_file is None:
             raise ValueError("tls_require_client_cert needs tls_client_ca_file")
+        if self.durability != "none" and self.state_dir is None:
+            raise ValueError(
+                f"durability {self.durability} needs state_dir (--state-dir or "
+                "SEQINFER_STATE_DIR), the directory its session store lives in"
+            )
         return self
 
     @classmethod

@@ -14,15 +14,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import torch
 
 from seqinfer.service.config import Settings, torch_thread_count
 from seqinfer.service.engine import GRUEngine
-from seqinfer.service.errors import SessionExpired, SessionNotFound
+from seqinfer.service.errors import SeqinferError, SessionExpired, SessionNotFound
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import Observer, RuntimeStats
+from seqinfer.service.protocol import StepOutcome
+from seqinfer.service.records import SessionRecord
 from seqinfer.service.scheduler import Scheduler
 from seqinfer.service.sessions import Session, SessionTable
 from seqinfer.service.slab import StateSlab
@@ -214,6 +217,70 @@ class ModelRuntime:
         await self._on_worker(self.slab.write, session.slot, state)
         self.scheduler.set_counter(session, session.step if step is None else step)
         self.table.touch(session)
+
+    # ----------------------------------------------------------- durability --
+
+    def submit_read(self, slots: list[int]) -> Future[torch.Tensor]:
+        """The states of ``slots`` as one CPU tensor ``[n, layers, hidden]``.
+
+        Queued on the worker now, synchronously: a caller that picked idle
+        sessions and read their counters in the same turn of the loop gets
+        states that match those counters, since any later batch of theirs
+        queues behind this read.
+        """
+        return self.worker.submit(self._gather, slots)
+
+    def _gather(self, slots: list[int]) -> torch.Tensor:
+        tensor = self.slab.tensor  # read here, in worker order (growth replaces it)
+        index = torch.tensor(slots, dtype=torch.long, device=tensor.device)
+        return tensor.index_select(1, index).transpose(0, 1).contiguous().to("cpu")
+
+    async def restore_sessions(
+        self,
+        records: list[SessionRecord],
+        states: torch.Tensor,
+        replies: list[StepOutcome | None],
+    ) -> tuple[list[Session], list[tuple[str, str]]]:
+        """Recreate sessions from a store: ids, TTLs, times, counters, replay records,
+        and their states (``states[i]`` is record i's ``[layers, hidden]``) in one
+        worker call. Returns the sessions made and ``(session_id, why)`` for those
+        that could not be (their id taken, no room); ``records`` oldest use first,
+        so the table's LRU order is theirs."""
+        made: list[Session] = []
+        rows: list[int] = []
+        refused: list[tuple[str, str]] = []
+        now_wall, now = time.time(), time.monotonic()
+        for i, record in enumerate(records):
+            try:
+                session = self.create_session_now(record.session_id, record.idle_ttl)
+                while session is None:
+                    await self.ensure_free_slot()
+                    session = self.create_session_now(record.session_id, record.idle_ttl)
+            except SeqinferError as exc:
+                refused.append((record.session_id, str(exc)))
+                continue
+            session.created_at = record.created_at
+            # Idle time goes on across the downtime: a TTL is about the client's silence.
+            self.table.touch(session, now - max(0.0, now_wall - record.last_used))
+            replay = record.replay
+            self.scheduler.restore(
+                session,
+                record.step,
+                "" if replay is None else replay.request_id,
+                -1 if replay is None else replay.step_before,
+                replies[i],
+            )
+            made.append(session)
+            rows.append(i)
+        if made:
+            chosen = states[rows] if len(rows) != len(records) else states
+            await self._on_worker(self._scatter, [s.slot for s in made], chosen)
+        return made, refused
+
+    def _scatter(self, slots: list[int], states: torch.Tensor) -> None:
+        tensor = self.slab.tensor
+        index = torch.tensor(slots, dtype=torch.long, device=tensor.device)
+        tensor.index_copy_(1, index, states.transpose(0, 1).to(tensor.device, tensor.dtype))
 
     # --------------------------------------------------------------- stats --
 

@@ -14,7 +14,8 @@ arrived meanwhile.
 
 The scheduler is the only writer of a session's step counter, replay record
 (the last request id, the counter before it, the cached reply) and queue:
-steps write them in ``_complete``, fork and import through ``set_counter``.
+steps write them in ``_complete``, fork and import through ``set_counter``,
+a restore from a state store through ``restore``.
 That is what makes ``expected_step`` exact: nothing else moves the counter
 between the check in ``_admit_next`` and the step's completion.
 
@@ -136,6 +137,21 @@ class Scheduler:
         session.last_request_id = ""
         session.last_step_before = -1
         session.last_reply = None
+
+    def restore(
+        self,
+        session: Session,
+        step: int,
+        last_request_id: str,
+        last_step_before: int,
+        last_reply: StepOutcome | None,
+    ) -> None:
+        """A session brought back from a state store: its counter and replay record as
+        they were written, so an ``expected_step`` retry of its last request replays."""
+        session.step = step
+        session.last_request_id = last_request_id
+        session.last_step_before = last_step_before
+        session.last_reply = last_reply
 
     def close_after_work(self, session: Session) -> asyncio.Future[int]:
         """Mark a session as closing; the future gets its final step once it is closed.

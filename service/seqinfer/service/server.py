@@ -14,6 +14,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seqinfer.service.config import Settings, torch_thread_count
+from seqinfer.service.durability import Durability
 from seqinfer.service.engine_client import LocalEngine
 from seqinfer.service.errors import ModelLoadError
 from seqinfer.service.guard import CallGuard
@@ -77,6 +78,7 @@ class SeqinferServer:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._metrics: object | None = None
+        self._durability: Durability | None = None
         self._stopped = asyncio.Event()
         self.timed_out = False  # the shutdown deadline came before the drain's end
         self.unanswered = 0  # accepted steps cancelled at that deadline
@@ -118,6 +120,15 @@ class SeqinferServer:
         self.engine.model(default)  # fail at start-up, not on the first request
         for runtime in runtimes:
             await runtime.start()
+        if settings.durability == "snapshot":
+            from seqinfer.service.store import SqliteStore
+
+            assert settings.state_dir is not None  # Settings requires it
+            store = await asyncio.to_thread(SqliteStore, settings.state_dir)
+            self._durability = Durability(store, runtimes, settings.snapshot_interval_seconds)
+            # Before serving: a client's first step finds its session already back.
+            await self._durability.restore()
+            self._durability.start()
 
         limit = settings.max_message_bytes
         calls = settings.max_concurrent_rpcs
@@ -198,6 +209,12 @@ class SeqinferServer:
             for task in pending:
                 task.cancel()
         await self._server.stop(max(0.0, deadline - loop.time()))
+        if self._durability is not None:
+            # After a drain cut short a batch may still compute, and a read
+            # queued behind it would never run: the last periodic snapshot stands.
+            if pending:
+                log.warning("shutdown timed out: sessions not snapshotted at shutdown")
+            await self._durability.close(final=not pending)
         if not pending:
             for runtime in self.runtimes:
                 await runtime.stop()

@@ -1,0 +1,306 @@
+"""Snapshot mode: every model's sessions written to a state store, and restored on start.
+
+Three moments (``server`` calls them): ``restore`` before the server serves,
+eagerly, every record; ``start``, a periodic snapshot every
+``snapshot_interval_seconds`` of the sessions changed since the last one;
+``close`` after the drain, a snapshot of every session, so a clean SIGTERM
+loses nothing and a crash loses at most one interval of steps.
+
+A snapshot is consistent per session: it takes, in one turn of the event
+loop, sessions with nothing in the engine (``busy`` false), their counters
+and replay records, and queues the read of their states on the model's
+worker (``ModelRuntime.submit_read``). Any later batch of theirs queues
+behind that read, so each state matches the counter written with it. A
+busy session is skipped; it has changed, so the next snapshot takes it.
+Which sessions changed is known from what was written: the counter and the
+last use per session id (a reset can leave the counter where it was, never
+the last use). Sessions gone since (closed, expired, evicted) are deleted in
+the same transaction, so they do not come back.
+
+Encoding, decoding and the store's I/O run in threads: 100,000 sessions
+must not stall the event loop that serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from seqinfer.service.models.spec import ModelSpec
+from seqinfer.service.protocol import StepOutcome
+from seqinfer.service.records import (
+    ArrayRecord,
+    RecordError,
+    ReplayRecord,
+    SessionRecord,
+    check_fits,
+)
+from seqinfer.service.runtime import ModelRuntime
+from seqinfer.service.sessions import Session
+from seqinfer.service.store import StateStore
+
+log = logging.getLogger(__name__)
+# Sessions per worker read: small enough that a batch queued meanwhile waits
+# for one gather of a few MiB, not for the whole snapshot.
+CHUNK = 4096
+
+Marker = tuple[int, float]  # (step, last_used): what was written of a session
+
+
+class _Taken(NamedTuple):
+    """A session's bookkeeping as it was when its state read was queued."""
+
+    session_id: str
+    step: int
+    idle_ttl: float
+    created_at: float
+    last_used: float  # monotonic
+    last_used_wall: float
+    replay: tuple[str, int, StepOutcome] | None
+
+
+class Durability:
+    def __init__(self, store: StateStore, runtimes: list[ModelRuntime], interval: float) -> None:
+        self.store = store
+        self.runtimes = runtimes
+        self.interval = interval
+        self._written: dict[str, Marker] = {}
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ restore --
+
+    async def restore(self) -> tuple[int, int]:
+        """Every record back into its model; returns (restored, refused)."""
+        started = time.monotonic()
+        rows = await asyncio.to_thread(lambda: list(self.store.read_all()))
+        records, errors = await asyncio.to_thread(_decode_all, rows)
+        by_key = {runtime.key: runtime for runtime in self.runtimes}
+        groups: dict[str, list[SessionRecord]] = defaultdict(list)
+        for record in records:
+            runtime = by_key.get(record.model_key)
+            try:
+                if runtime is None:
+                    raise RecordError(
+                        record.session_id, f"model {record.model_key} is not served here"
+                    )
+                spec = runtime.spec
+                shape = (spec.num_layers, spec.hidden_size)
+                check_fits(record, spec.name, spec.version, spec.dtype, shape)
+            except RecordError as unfit:
+                errors.append(unfit)
+                continue
+            groups[record.model_key].append(record)
+        restored = 0
+        for key, group in groups.items():
+            runtime = by_key[key]
+            group.sort(key=lambda r: r.last_used)
+            states, replies = await asyncio.to_thread(_to_tensors, runtime.spec, group)
+            made, refused = await runtime.restore_sessions(group, states, replies)
+            errors.extend(RecordError(sid, why) for sid, why in refused)
+            for session in made:
+                self._written[session.session_id] = (session.step, session.last_used)
+            restored += len(made)
+        for error in errors:
+            log.warning("session not restored: %s", error)
+        log.info(
+            "restored %d sessions in %.3f s, refused %d",
+            restored,
+            time.monotonic() - started,
+            len(errors),
+        )
+        return restored, len(errors)
+
+    # ----------------------------------------------------------- snapshot --
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._task = asyncio.get_running_loop().create_task(
+                self._every_interval(), name="snapshots"
+            )
+
+    async def _every_interval(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.snapshot(full=False)
+            except Exception:
+                # The markers were not advanced: the next snapshot writes these again.
+                log.exception("snapshot failed; the next one retries")
+
+    async def close(self, final: bool) -> None:
+        """Stop the periodic snapshots (after the one in progress), write every
+        session if ``final``, close the store."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        try:
+            if final:
+                await self.snapshot(full=True)
+        finally:
+            await asyncio.to_thread(self.store.close)
+
+    async def snapshot(self, full: bool) -> int:
+        """Write the changed sessions (every one if ``full``) and delete the gone;
+        returns how many were written."""
+        async with self._lock:
+            started = time.monotonic()
+            records: list[tuple[str, bytes]] = []
+            markers: dict[str, Marker] = {}
+            for runtime in self.runtimes:
+                sessions = list(runtime.table.by_id.values())
+                for at in range(0, len(sessions), CHUNK):
+                    taken, slots = self._take(sessions[at : at + CHUNK], full)
+                    if not taken:
+                        continue
+                    states = await asyncio.wrap_future(runtime.submit_read(slots))
+                    encoded = await asyncio.to_thread(_encode_all, runtime.spec, taken, states)
+                    records.extend(encoded)
+                    markers.update((t.session_id, (t.step, t.last_used)) for t in taken)
+            live: set[str] = set()
+            for runtime in self.runtimes:
+                live.update(runtime.table.by_id)
+            # Closed while the snapshot ran: not written, and deleted if written before.
+            records = [(sid, data) for sid, data in records if sid in live]
+            deletes = [sid for sid in self._written.keys() | markers.keys() if sid not in live]
+            if records or deletes:
+                await asyncio.to_thread(self.store.write, records, deletes)
+            for sid in deletes:
+                self._written.pop(sid, None)
+            self._written.update((sid, markers[sid]) for sid, _ in records)
+            level = logging.INFO if records or deletes or full else logging.DEBUG
+            log.log(
+                level,
+                "snapshot%s: wrote %d sessions, deleted %d in %.3f s",
+                " (all)" if full else "",
+                len(records),
+                len(deletes),
+                time.monotonic() - started,
+            )
+            return len(records)
+
+    def _take(self, sessions: list[Session], full: bool) -> tuple[list[_Taken], list[int]]:
+        """Idle sessions that changed (or all), with what is written of them; the
+        caller queues their read before the loop runs anything else."""
+        now_wall, now = time.time(), time.monotonic()
+        written = self._written
+        taken, slots = [], []
+        for s in sessions:
+            if s.closed or s.busy:
+                continue
+            if not full and written.get(s.session_id) == (s.step, s.last_used):
+                continue
+            replay = None
+            if s.last_reply is not None:
+                replay = (s.last_request_id, s.last_step_before, s.last_reply)
+            taken.append(
+                _Taken(
+                    s.session_id,
+                    s.step,
+                    s.idle_ttl,
+                    s.created_at,
+                    s.last_used,
+                    now_wall - (now - s.last_used),
+                    replay,
+                )
+            )
+            slots.append(s.slot)
+        return taken, slots
+
+
+# ------------------------------------------------- conversions (threads) --
+
+
+def _array(value: np.ndarray | None) -> ArrayRecord | None:
+    if value is None:
+        return None
+    value = np.ascontiguousarray(value)
+    return ArrayRecord(value.dtype.str, tuple(value.shape), value.tobytes())
+
+
+def _encode_all(
+    spec: ModelSpec, taken: list[_Taken], states: torch.Tensor
+) -> list[tuple[str, bytes]]:
+    shape = (spec.num_layers, spec.hidden_size)
+    raw = states.view(torch.uint8).numpy() if states.numel() else None
+    out = []
+    for i, t in enumerate(taken):
+        replay = None
+        if t.replay is not None:
+            request_id, before, reply = t.replay
+            replay = ReplayRecord(
+                request_id,
+                before,
+                reply.step,
+                _array(reply.outputs),
+                _array(reply.state),
+                reply.created,
+                reply.closed,
+            )
+        record = SessionRecord(
+            session_id=t.session_id,
+            model=spec.name,
+            model_version=spec.version,
+            state=ArrayRecord(spec.dtype, shape, b"" if raw is None else raw[i].tobytes()),
+            step=t.step,
+            idle_ttl=t.idle_ttl,
+            created_at=t.created_at,
+            last_used=t.last_used_wall,
+            replay=replay,
+        )
+        out.append((t.session_id, record.encode()))
+    return out
+
+
+def _decode_all(rows: list[tuple[str, bytes]]) -> tuple[list[SessionRecord], list[RecordError]]:
+    records, errors = [], []
+    for session_id, data in rows:
+        try:
+            records.append(SessionRecord.decode(data, session_id))
+        except RecordError as bad:
+            errors.append(bad)
+    return records, errors
+
+
+def _numpy(array: ArrayRecord | None) -> np.ndarray | None:
+    if array is None:
+        return None
+    return np.frombuffer(array.data, dtype=np.dtype(array.dtype)).reshape(array.shape)
+
+
+def _to_tensors(
+    spec: ModelSpec, records: list[SessionRecord]
+) -> tuple[torch.Tensor, list[StepOutcome | None]]:
+    """The records' states as one ``[n, layers, hidden]`` tensor, and their cached replies."""
+    joined = bytearray(b"".join(r.state.data for r in records))
+    states = torch.frombuffer(joined, dtype=spec.torch_dtype) if joined else torch.empty(0)
+    states = states.view(len(records), spec.num_layers, spec.hidden_size)
+    replies: list[StepOutcome | None] = []
+    for r in records:
+        p = r.replay
+        replies.append(
+            None
+            if p is None
+            else StepOutcome(
+                r.session_id,
+                p.request_id,
+                p.step,
+                _numpy(p.outputs),
+                _numpy(p.state),
+                p.created,
+                p.closed,
+            )
+        )
+    return states, replies

@@ -1,0 +1,93 @@
+"""Where session records are kept between runs: one interface, SQLite behind it for now.
+
+The interface is what a snapshot needs and no more: write many records and
+delete many ids in one transaction (so a snapshot is all there or not at
+all), read everything back at start-up, close. Records are opaque bytes
+here (``records`` encodes and checks them); the store keys them by session
+id, which is unique across a server's models.
+
+Every method blocks; callers on the event loop run them in a thread
+(``asyncio.to_thread``), because writing 100,000 sessions takes long enough
+to stall serving otherwise. One connection shared by those threads, behind
+a lock: SQLite serialises writers anyway, and calls are rare (a snapshot
+every few seconds at most).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+STORE_FILE = "sessions.sqlite3"
+
+
+class StateStore(Protocol):
+    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
+        """Upsert ``(session_id, record)`` pairs and delete ids, in one transaction."""
+        ...
+
+    def read_all(self) -> Iterator[tuple[str, bytes]]:
+        """Every ``(session_id, record)`` held."""
+        ...
+
+    def delete(self, session_ids: Iterable[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """``<state_dir>/sessions.sqlite3``: one table, session id → record bytes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / STORE_FILE
+        self._lock = threading.Lock()
+        # isolation_level=None: transactions are begun and committed explicitly
+        # below, not implicitly by the sqlite3 module.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # WAL: a snapshot's transaction does not block a reader (the sessions
+        # CLI, a backup), and a crash mid-write leaves the last commit intact.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL, not FULL: in WAL mode a commit is then atomic and survives a
+        # crash of the process (what snapshots guard against), and may be lost
+        # only with the machine's power, which loses the last snapshot at most,
+        # within what the snapshot mode promises anyway. FULL would fsync every
+        # commit for nothing the mode promises.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS sessions "
+            "(session_id TEXT PRIMARY KEY, record BLOB NOT NULL)"
+        )
+
+    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO sessions (session_id, record) VALUES (?, ?) "
+                    "ON CONFLICT(session_id) DO UPDATE SET record = excluded.record",
+                    records,
+                )
+                self._db.executemany(
+                    "DELETE FROM sessions WHERE session_id = ?", ((sid,) for sid in deletes)
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def read_all(self) -> Iterator[tuple[str, bytes]]:
+        with self._lock:
+            rows = self._db.execute("SELECT session_id, record FROM sessions").fetchall()
+        for session_id, record in rows:
+            yield str(session_id), bytes(record)
+
+    def delete(self, session_ids: Iterable[str]) -> None:
+        self.write((), session_ids)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
