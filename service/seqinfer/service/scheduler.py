@@ -51,7 +51,7 @@ from seqinfer.service.protocol import StepOutcome
 from seqinfer.service.queues import StepQueues
 from seqinfer.service.sessions import Session, SessionTable
 from seqinfer.service.slab import StateSlab
-from seqinfer.service.work import StepItem
+from seqinfer.service.work import StepItem, engine_items
 from seqinfer.service.worker import SerialWorker
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,9 @@ class Scheduler:
         self._check_idle()
 
     def set_counter(self, session: Session, step: int) -> None:
-        """A session's counter set from outside a step (fork, import): its replay
-        record no longer matches the state, so it is forgotten."""
-        session.step = step
-        session.last_request_id = ""
-        session.last_step_before = -1
-        session.last_reply = None
+        """A counter set from outside a step (fork, import): the replay record no
+        longer matches the state, so it is forgotten."""
+        self.restore(session, step, "", -1, None)
 
     def restore(
         self,
@@ -223,7 +220,7 @@ class Scheduler:
         """
         self.in_flight = len(batch)
         started = time.monotonic()
-        items = _engine_items(batch)
+        items = engine_items(batch)
         try:
             if self._inline(batch):
                 results = self._compute(items)
@@ -237,12 +234,9 @@ class Scheduler:
         self.in_flight = 0
 
     def _parts(self, batch: list[StepItem]) -> tuple[list[StepItem], ...]:
-        """Short items, then long chunks, as two engine calls when a batch mixes them.
-
-        One session's 4096-step request would otherwise hold every short step
-        batched with it for the whole chunk (~0.4 s for bench-gru on one
-        core); this way a short step waits for at most the chunk in progress.
-        """
+        """Short items, then long chunks, as two engine calls when a batch mixes them:
+        else one session's 4096-step chunk (~0.4 s for bench-gru on one core) would
+        hold every short step batched with it; now they wait for at most one chunk."""
         threshold = self.engine.long_chunk_threshold
         short = [item for item in batch if item.timesteps < threshold]
         if not short or len(short) == len(batch):
@@ -402,10 +396,3 @@ class Scheduler:
             self._close_if_idle(item.session)
         if self._ready:
             self._wakeup.set()
-
-
-def _engine_items(batch: list[StepItem]) -> list[EngineItem]:
-    return [
-        EngineItem(it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state)
-        for it in batch
-    ]

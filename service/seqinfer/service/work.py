@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqinfer.service.engine import OutputMode
+from seqinfer.service.engine import EngineItem, OutputMode
 from seqinfer.service.errors import SeqinferError
 from seqinfer.service.protocol import (
     StepBatch,
@@ -98,3 +98,11 @@ class StepItem:
             self.sink.deliver(self.index, error)
         elif self.future is not None and not self.future.done():
             self.future.set_exception(error)
+
+
+def engine_items(batch: list[StepItem]) -> list[EngineItem]:
+    """What the compute needs of each item: its slot, inputs and options."""
+    return [
+        EngineItem(it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state)
+        for it in batch
+    ]
