@@ -207,3 +207,38 @@ def test_bad_records_are_refused_by_name_and_the_rest_restored(tmp_path: Path):
         with pytest.raises(grpc.RpcError) as info:
             api.GetSession(pb.GetSessionRequest(session_id="truncated"), timeout=60)
         assert error_reason(info.value)[1] == "SESSION_NOT_FOUND"
+
+
+def test_sessions_of_two_tenants_with_one_id_come_back_each_to_its_tenant(tmp_path: Path):
+    from seqinfer.service.tenants import new_token, token_hash
+
+    alice, bob = new_token(), new_token()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{token_hash(alice)} alice\n{token_hash(bob)} bob\n")
+    env = {**ENV, "SEQINFER_AUTH_TOKEN_FILE": str(tokens)}
+    args = serve_args("--durability", "snapshot", "--state-dir", str(tmp_path / "state"))
+
+    def as_(token: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token}"),)
+
+    exported: dict[str, bytes] = {}
+    with ServeProcess(args, env=env) as server, grpc.insecure_channel(server.address()) as ch:
+        api = pb_grpc.SeqinferStub(ch)
+        for k, token in enumerate((alice, bob)):
+            api.OpenSession(
+                pb.OpenSessionRequest(model="bench-gru", session_id="same"), metadata=as_(token)
+            )
+            for j in range(k + 1):  # alice steps once, bob twice
+                api.Step(
+                    pb.StepRequest(session_id="same", inputs=_inputs(k, j)), metadata=as_(token)
+                )
+            state = api.ExportState(pb.ExportStateRequest(session_id="same"), metadata=as_(token))
+            exported[token] = state.state.data
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+    assert exported[alice] != exported[bob]
+    with ServeProcess(args, env=env) as server, grpc.insecure_channel(server.address()) as ch:
+        api = pb_grpc.SeqinferStub(ch)
+        for steps, token in ((T, alice), (2 * T, bob)):
+            got = api.ExportState(pb.ExportStateRequest(session_id="same"), metadata=as_(token))
+            assert (got.session.step, got.state.data) == (steps, exported[token])

@@ -57,6 +57,8 @@ class _Taken(NamedTuple):
     """A session's bookkeeping as it was when its state read was queued."""
 
     session_id: str
+    tenant: str
+    key: str  # the table's and the store's: tenants.session_key
     step: int
     idle_ttl: float
     created_at: float
@@ -106,7 +108,7 @@ class Durability:
             made, refused = await runtime.restore_sessions(group, states, replies)
             errors.extend(RecordError(sid, why) for sid, why in refused)
             for session in made:
-                self._written[session.session_id] = (session.step, session.last_used)
+                self._written[session.key] = (session.step, session.last_used)
             restored += len(made)
         for error in errors:
             log.warning("session not restored: %s", error)
@@ -168,7 +170,7 @@ class Durability:
                     states = await asyncio.wrap_future(runtime.submit_read(slots))
                     encoded = await asyncio.to_thread(_encode_all, runtime.spec, taken, states)
                     records.extend(encoded)
-                    markers.update((t.session_id, (t.step, t.last_used)) for t in taken)
+                    markers.update((t.key, (t.step, t.last_used)) for t in taken)
             live: set[str] = set()
             for runtime in self.runtimes:
                 live.update(runtime.table.by_id)
@@ -200,7 +202,7 @@ class Durability:
         for s in sessions:
             if s.closed or s.busy:
                 continue
-            if not full and written.get(s.session_id) == (s.step, s.last_used):
+            if not full and written.get(s.key) == (s.step, s.last_used):
                 continue
             replay = None
             if s.last_reply is not None:
@@ -208,6 +210,8 @@ class Durability:
             taken.append(
                 _Taken(
                     s.session_id,
+                    s.tenant,
+                    s.key,
                     s.step,
                     s.idle_ttl,
                     s.created_at,
@@ -259,8 +263,9 @@ def _encode_all(
             created_at=t.created_at,
             last_used=t.last_used_wall,
             replay=replay,
+            tenant=t.tenant,
         )
-        out.append((t.session_id, record.encode()))
+        out.append((t.key, record.encode()))
     return out
 
 

@@ -37,6 +37,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from seqinfer.service.tenants import session_key
+
 MAGIC = b"SQRC"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sHIQ")
@@ -99,15 +101,22 @@ class SessionRecord:
     created_at: float  # wall clock
     last_used: float  # wall clock
     replay: ReplayRecord | None = None
+    tenant: str = ""  # whose session ("" without tokens)
 
     @property
     def model_key(self) -> str:
         return f"{self.model}:{self.model_version}"
 
+    @property
+    def key(self) -> str:
+        """The store's key, the session table's: (tenant, id) as one string."""
+        return session_key(self.tenant, self.session_id)
+
     def encode(self) -> bytes:
         blobs: list[bytes] = []
         meta = {
             "session_id": self.session_id,
+            "tenant": self.tenant,
             "model": self.model,
             "model_version": self.model_version,
             "step": self.step,
@@ -151,7 +160,7 @@ class SessionRecord:
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             # Checksummed yet unreadable: written by something that is not this format.
             raise RecordError(session_id, f"malformed record: {exc}") from exc
-        if session_id != "?" and record.session_id != session_id:
+        if session_id != "?" and record.key != session_id:
             raise RecordError(session_id, f"record is of session {record.session_id!r}")
         return record
 
@@ -258,4 +267,5 @@ def _from_payload(payload: memoryview) -> SessionRecord:
         created_at=float(meta["created_at"]),
         last_used=float(meta["last_used"]),
         replay=replay,
+        tenant=str(meta.get("tenant", "")),
     )

@@ -252,10 +252,12 @@ class ModelRuntime:
         now_wall, now = time.time(), time.monotonic()
         for i, record in enumerate(records):
             try:
-                session = self.create_session_now(record.session_id, record.idle_ttl)
+                session = self.create_session_now(record.session_id, record.idle_ttl, record.tenant)
                 while session is None:
                     await self.ensure_free_slot()
-                    session = self.create_session_now(record.session_id, record.idle_ttl)
+                    session = self.create_session_now(
+                        record.session_id, record.idle_ttl, record.tenant
+                    )
             except SeqinferError as exc:
                 refused.append((record.session_id, str(exc)))
                 continue

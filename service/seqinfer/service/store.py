@@ -3,8 +3,9 @@
 The interface is what a snapshot needs and no more: write many records and
 delete many ids in one transaction (so a snapshot is all there or not at
 all), read everything back at start-up, close. Records are opaque bytes
-here (``records`` encodes and checks them); the store keys them by session
-id, which is unique across a server's models.
+here (``records`` encodes and checks them); the store keys them by the
+session table's key (``tenants.session_key``: the id, prefixed with its
+tenant when there is one), which is unique across a server's models.
 
 Every method blocks; callers on the event loop run them in a thread
 (``asyncio.to_thread``), because writing 100,000 sessions takes long enough
