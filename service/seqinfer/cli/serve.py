@@ -40,6 +40,10 @@ def serve(
         float | None, typer.Option(help="Default session idle TTL; 0 = never.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG | INFO | WARNING | ERROR.")] = None,
+    frontends: Annotated[
+        str | None,
+        typer.Option(help="gRPC front-end processes (a number, or auto) [default: auto]."),
+    ] = None,
 ) -> None:
     """Serve the built-in models (and --model-repository) over gRPC.
 
@@ -66,6 +70,7 @@ def serve(
             max_sessions=max_sessions,
             idle_ttl_seconds=idle_ttl_seconds,
             log_level=log_level,
+            frontends=None if frontends in (None, "auto") else _count(frontends),
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -73,6 +78,11 @@ def serve(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from seqinfer.service.supervisor import Supervisor, frontend_count
+
+    count = frontend_count(settings)
+    if count:
+        raise typer.Exit(asyncio.run(Supervisor(settings, count).run()))
     from seqinfer.service.server import SeqinferServer
 
     try:
@@ -83,6 +93,11 @@ def serve(
     except (ModelLoadError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+def _count(text: str) -> int | str:
+    # Validated with the settings (a clear error naming the setting); pass ints through.
+    return int(text) if text.isdigit() else text
 
 
 def register(app: typer.Typer) -> None:

@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op torch threads; 0 = cores - 1 (the event loop needs one)."
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection (for grpcurl).")
+    frontends: int | Literal["auto"] = Field(
+        "auto",
+        description="gRPC front-end processes feeding one engine process; 0 = one process "
+        "for both; `auto`: 0 on machines with up to 2 cores, else cores - 2 up to max_frontends.",
+    )
+    max_frontends: int = Field(8, ge=1, description="The most front ends `auto` starts.")
     auth_token_file: Path | None = Field(
         None,
         description="File of bearer tokens (their sha256) and tenants; without one, no "
@@ -154,6 +160,13 @@ class Settings(BaseSettings):
     max_request_id_bytes: int = Field(
         128, ge=1, description="Longest accepted request id (echoed in replies, kept per session)."
     )
+
+    @field_validator("frontends")
+    @classmethod
+    def _frontends(cls, value: int | str) -> int | str:
+        if value != "auto" and (not isinstance(value, int) or value < 0 or value > 256):
+            raise ValueError("must be auto or a number of processes in [0, 256]")
+        return value
 
     @field_validator("device")
     @classmethod
