@@ -38,7 +38,7 @@ CALLS = frozenset(
 
 # A TensorData's shape is, in process, the request's repeated field itself
 # (protocol.TensorData); across processes it travels as the list it reads as.
-copyreg.pickle(type(pb.Tensor().shape), lambda shape: (list, (list(shape),)))
+copyreg.pickle(type(pb.Tensor().shape), lambda shape: (list, (list(shape),)))  # type: ignore[arg-type, return-value]
 
 
 def encode(message: Any) -> bytes:
