@@ -140,6 +140,11 @@ GRPC_SIDE = {
     "convert",
     "stream",
     "guard",
+    "grpc_front",
+    "frontend",
+    # Wiring of the engine process: it reuses SeqinferServer.start_engine, so
+    # it loads the server module (and grpc) though it serves no gRPC itself.
+    "engine_process",
     "security",
     "status",
     "server",

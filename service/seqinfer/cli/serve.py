@@ -49,6 +49,10 @@ def serve(
     snapshot_interval_seconds: Annotated[
         float | None, typer.Option(help="Seconds between snapshots; 0 = on shutdown only.")
     ] = None,
+    frontends: Annotated[
+        str | None,
+        typer.Option(help="gRPC front-end processes (a number, or auto) [default: auto]."),
+    ] = None,
 ) -> None:
     """Serve the built-in models (and --model-repository) over gRPC.
 
@@ -78,6 +82,7 @@ def serve(
             durability=durability,
             state_dir=state_dir,
             snapshot_interval_seconds=snapshot_interval_seconds,
+            frontends=None if frontends in (None, "auto") else _count(frontends),
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -85,6 +90,11 @@ def serve(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from seqinfer.service.supervisor import Supervisor, frontend_count
+
+    count = frontend_count(settings)
+    if count:
+        raise typer.Exit(asyncio.run(Supervisor(settings, count).run()))
     from seqinfer.service.server import SeqinferServer
 
     try:
@@ -95,6 +105,11 @@ def serve(
     except (ModelLoadError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+def _count(text: str) -> int | str:
+    # Validated with the settings (a clear error naming the setting); pass ints through.
+    return int(text) if text.isdigit() else text
 
 
 def register(app: typer.Typer) -> None:

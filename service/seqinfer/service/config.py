@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op torch threads; 0 = cores - 1 (the event loop needs one)."
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection (for grpcurl).")
+    frontends: int | Literal["auto"] = Field(
+        "auto",
+        description="gRPC front-end processes feeding one engine process; 0 = one process "
+        "for both; `auto`: 0 on machines with up to 2 cores, else cores - 2 up to max_frontends.",
+    )
+    max_frontends: int = Field(8, ge=1, description="The most front ends `auto` starts.")
     auth_token_file: Path | None = Field(
         None,
         description="File of bearer tokens (their sha256) and tenants; without one, no "
@@ -187,6 +193,13 @@ class Settings(BaseSettings):
         description="With durability snapshot: how often changed sessions are written "
         "(a crash loses at most this window); 0 = only on shutdown.",
     )
+
+    @field_validator("frontends")
+    @classmethod
+    def _frontends(cls, value: int | str) -> int | str:
+        if value != "auto" and (not isinstance(value, int) or value < 0 or value > 256):
+            raise ValueError("must be auto or a number of processes in [0, 256]")
+        return value
 
     @field_validator("device")
     @classmethod

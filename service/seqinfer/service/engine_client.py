@@ -56,8 +56,8 @@ class Admitted(NamedTuple):
 
 
 class EngineClient(Protocol):
-    def models(self) -> list[ModelInfo]: ...
-    def model(self, name: str, version: str = "") -> ModelInfo: ...
+    async def models(self) -> list[ModelInfo]: ...
+    async def model(self, name: str, version: str = "") -> ModelInfo: ...
     async def open(self, command: OpenCommand) -> SessionInfo: ...
     async def get(self, session_id: str, tenant: str = "") -> SessionInfo: ...
     async def close(self, session_id: str, tenant: str = "") -> int: ...
@@ -107,10 +107,10 @@ class LocalEngine:
 
     # ------------------------------------------------------------ models --
 
-    def models(self) -> list[ModelInfo]:
+    async def models(self) -> list[ModelInfo]:
         return [self._model_info(r) for r in self.router.runtimes]
 
-    def model(self, name: str, version: str = "") -> ModelInfo:
+    async def model(self, name: str, version: str = "") -> ModelInfo:
         return self._model_info(self.router.model(name, version))
 
     def _model_info(self, runtime: ModelRuntime) -> ModelInfo:

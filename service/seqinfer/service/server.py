@@ -9,26 +9,20 @@ import signal
 import sys
 from importlib import metadata
 
-import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from seqinfer.service.config import Settings, torch_thread_count
 from seqinfer.service.durability import Durability
 from seqinfer.service.engine_client import LocalEngine
 from seqinfer.service.errors import ModelLoadError
-from seqinfer.service.guard import CallGuard
+from seqinfer.service.grpc_front import GrpcFront
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
-from seqinfer.service.reflection import enable_reflection
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.security import server_credentials, token_table
-from seqinfer.service.servicer import SeqinferServicer
-from seqinfer.service.wire import add_servicer
-from seqinfer.v1 import seqinfer_pb2 as pb
+from seqinfer.service.tenants import TokenTable
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Seqinfer"].full_name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,8 +69,7 @@ class SeqinferServer:
         self.engine: LocalEngine | None = None
         self.port = 0
         self.metrics_port = 0
-        self._server: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
+        self._front: GrpcFront | None = None
         self._metrics: object | None = None
         self._durability: Durability | None = None
         self._stopped = asyncio.Event()
@@ -95,10 +88,26 @@ class SeqinferServer:
         return [runtime.stats() for runtime in self.runtimes]
 
     async def start(self) -> None:
-        settings = self.settings
         # Read before the models: a bad file stops the server at once.
-        credentials = server_credentials(settings)
-        tokens = token_table(settings)
+        credentials = server_credentials(self.settings)
+        tokens = token_table(self.settings)
+        await self.start_engine(tokens)
+        assert self.engine is not None
+        front = GrpcFront(self.settings, self.engine, self.observer, tokens, credentials)
+        await front.start()
+        self.port = front.port
+        self._front = front
+        log.info(
+            "seqinfer %s serving %s on %s (device %s)",
+            version(),
+            ", ".join(r.key for r in self.runtimes),
+            self.address,
+            self.runtimes[0].device,
+        )
+
+    async def start_engine(self, tokens: TokenTable | None) -> None:
+        """The engine side alone: models, runtimes, metrics (the engine process runs only this)."""
+        settings = self.settings
         torch.set_num_threads(torch_thread_count(settings))
         device = resolve_device(settings.device)
         models = self._models if self._models is not None else load_served_models(settings)
@@ -117,7 +126,7 @@ class SeqinferServer:
         default = settings.default_model or _default_model_name(models)
         tenants = None if tokens is None else tokens.tenants
         self.engine = LocalEngine(runtimes, settings, self.observer, default, tenants)
-        self.engine.model(default)  # fail at start-up, not on the first request
+        self.engine.router.model(default)  # fail at start-up, not on the first request
         for runtime in runtimes:
             await runtime.start()
         if settings.durability == "snapshot":
@@ -129,48 +138,6 @@ class SeqinferServer:
             # Before serving: a client's first step finds its session already back.
             await self._durability.restore()
             self._durability.start()
-
-        limit = settings.max_message_bytes
-        calls = settings.max_concurrent_rpcs
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-                # gRPC queues calls that arrived before the servicer picked
-                # them up, and past 1000 (randomly; always past 3000) it drops
-                # them with CANCELLED: a burst on one channel lost calls before
-                # seqinfer saw them. Sized from max_concurrent_rpcs, so the
-                # servicer's QUEUE_FULL answers overload first. (grpc.aio's
-                # maximum_concurrent_rpcs would make that queue wait instead.)
-                ("grpc.server.max_pending_requests", calls),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
-            ]
-        )
-        guard = CallGuard(self.observer, settings.max_concurrent_rpcs, tokens)
-        add_servicer(SeqinferServicer(self.engine, settings), server, guard)
-        self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        if settings.reflection:
-            enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
-        address = f"{settings.host}:{settings.port}"
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
-        if self.port == 0:
-            raise OSError(f"could not bind {settings.host}:{settings.port}")
-        await server.start()
-        self._server = server
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "seqinfer %s serving %s on %s (device %s)",
-            version(),
-            ", ".join(r.key for r in self.runtimes),
-            self.address,
-            device,
-        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work (UNAVAILABLE/DRAINING), NOT_SERVING, finish accepted
@@ -184,7 +151,7 @@ class SeqinferServer:
         counts the steps that were cancelled; ``serve_forever`` then ends the
         process.
         """
-        if self._server is None:
+        if self.engine is None or self._stopped.is_set():
             return
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         loop = asyncio.get_running_loop()
@@ -192,8 +159,8 @@ class SeqinferServer:
         # Refuse first: once health reads NOT_SERVING, no new step is accepted.
         assert self.engine is not None
         self.engine.begin_drain()
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+        if self._front is not None:
+            await self._front.not_serving()
         drains = [loop.create_task(runtime.drain()) for runtime in self.runtimes]
         _, pending = await asyncio.wait(drains, timeout=max(0.0, deadline - loop.time()))
         if pending:
@@ -208,7 +175,8 @@ class SeqinferServer:
             )
             for task in pending:
                 task.cancel()
-        await self._server.stop(max(0.0, deadline - loop.time()))
+        if self._front is not None:
+            await self._front.stop(max(0.0, deadline - loop.time()))
         if self._durability is not None:
             # After a drain cut short a batch may still compute, and a read
             # queued behind it would never run: the last periodic snapshot stands.
@@ -220,7 +188,7 @@ class SeqinferServer:
                 await runtime.stop()
         if self._metrics is not None:
             self._metrics.stop()  # type: ignore[attr-defined]
-        self._server = None
+        self._front = None
         self._stopped.set()
 
     async def serve_forever(self) -> None:

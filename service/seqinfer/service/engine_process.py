@@ -1,0 +1,150 @@
+"""The engine process of ``seqinfer serve --frontends K``: the only owner of sessions and slabs.
+
+It runs the engine side alone (``SeqinferServer.start_engine``: models,
+runtimes, ``LocalEngine``, metrics) and answers the front ends' envelopes
+(``ipc``) on a ROUTER socket. Steps go through ``LocalEngine.try_step``
+exactly as in the single-process server, so ordering, exactly-once and
+every bound hold across front ends; one stream may carry many sessions and
+any front end serves any session. Replies finished in one loop turn leave
+in one message per front end.
+
+SIGTERM drains (the supervisor sends it after the front ends have stopped):
+accepted work finishes within ``shutdown_grace_seconds``, then the process
+exits 0, or 1 if steps were left unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections import defaultdict
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from seqinfer.service import ipc
+from seqinfer.service.config import Settings
+from seqinfer.service.engine_client import Admitted, LocalEngine
+from seqinfer.service.errors import SeqinferError, internal
+from seqinfer.service.protocol import StepCommand
+from seqinfer.service.security import token_table
+from seqinfer.service.server import SeqinferServer
+
+log = logging.getLogger(__name__)
+READY = "seqinfer-engine: ready"
+
+
+class EngineHost:
+    def __init__(self, engine: LocalEngine, socket_path: str) -> None:
+        self.engine = engine
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind(f"ipc://{socket_path}")
+        self._outbox: defaultdict[bytes, list[tuple[int, Any]]] = defaultdict(list)
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def serve(self) -> None:
+        while True:
+            identity, payload = await self._socket.recv_multipart()
+            message = ipc.decode(payload)
+            if message[0] == "steps":
+                for seq, command in message[1]:
+                    self._step(identity, seq, command)
+            else:
+                _, seq, method, args = message
+                task = asyncio.get_running_loop().create_task(
+                    self._call(identity, seq, method, args)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        self._socket.close(0)
+        self._context.term()
+
+    def _step(self, identity: bytes, seq: int, command: StepCommand) -> None:
+        try:
+            admitted = self.engine.try_step(command)
+        except SeqinferError as error:
+            self._reply(identity, seq, error)
+            return
+        if admitted is None:  # its new session waits for the slab to grow
+            task = asyncio.get_running_loop().create_task(self._grown(identity, seq, command))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._answer_when_done(identity, seq, admitted)
+
+    async def _grown(self, identity: bytes, seq: int, command: StepCommand) -> None:
+        try:
+            admitted = await self.engine.step(command)
+        except SeqinferError as error:
+            self._reply(identity, seq, error)
+            return
+        self._answer_when_done(identity, seq, admitted)
+
+    def _answer_when_done(self, identity: bytes, seq: int, admitted: Admitted) -> None:
+        def done(future: asyncio.Future[Any]) -> None:
+            error = future.exception()
+            self._reply(identity, seq, future.result() if error is None else error)
+
+        admitted.future.add_done_callback(done)
+
+    async def _call(self, identity: bytes, seq: int, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            if method not in ipc.CALLS:
+                raise ValueError(f"unknown engine method {method!r}")
+            reply: Any = await getattr(self.engine, method)(*args)
+        except SeqinferError as error:
+            reply = error
+        except Exception as exc:  # ours: logged here, the caller gets INTERNAL
+            log.exception("engine command %s failed", method)
+            reply = internal(exc)
+        self._reply(identity, seq, reply)
+
+    def _reply(self, identity: bytes, seq: int, reply: Any) -> None:
+        self._outbox[identity].append((seq, reply))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outbox, self._outbox = self._outbox, defaultdict(list)
+        for identity, replies in outbox.items():
+            self._socket.send_multipart([identity, ipc.encode(("replies", replies))])
+
+
+async def _main(settings: Settings, socket_path: str) -> int:
+    server = SeqinferServer(settings)
+    await server.start_engine(token_table(settings))
+    assert server.engine is not None
+    host = EngineHost(server.engine, socket_path)
+    serving = asyncio.get_running_loop().create_task(host.serve())
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    print(READY, flush=True)
+    await stop.wait()
+    log.info("engine: draining")
+    # Answers still go out while the runtimes drain: the host keeps serving.
+    await server.stop()
+    serving.cancel()
+    host.close()
+    return 1 if server.timed_out else 0
+
+
+def main() -> None:
+    settings = Settings.model_validate_json(os.environ[ipc.SETTINGS_ENV])
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s engine %(name)s: %(message)s"
+    )
+    code = asyncio.run(_main(settings, os.environ[ipc.ENGINE_SOCKET_ENV]))
+    sys.stdout.flush()
+    os._exit(code)  # an engine thread still computing must not keep the process

@@ -1,0 +1,66 @@
+"""One front-end process of ``seqinfer serve --frontends K``: gRPC in, the engine process behind.
+
+It decodes, checks and converts requests like the single-process server
+(``grpc_front``: the same servicer, guard, health and reflection) and hands
+every command to ``RemoteEngine``. It holds no session state, so any front
+end serves any session, and one that dies loses nothing but its calls in
+flight (their clients see UNAVAILABLE and retry with ``expected_step``).
+
+Ports: all front ends bind the public port with SO_REUSEPORT, and the
+kernel spreads connections (not requests) over them; each also binds a port
+of its own, so that a client can spread its channels evenly (the client's
+``addresses``). SIGTERM: health turns NOT_SERVING, new work gets DRAINING,
+calls in flight finish within the grace period, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from seqinfer.service import ipc
+from seqinfer.service.config import Settings
+from seqinfer.service.grpc_front import GrpcFront
+from seqinfer.service.observer import NULL_OBSERVER
+from seqinfer.service.remote_engine import RemoteEngine
+from seqinfer.service.security import server_credentials, token_table
+
+log = logging.getLogger(__name__)
+SERVING = "seqinfer-frontend: serving"
+
+
+async def _main(settings: Settings, socket_path: str, index: int) -> int:
+    engine = RemoteEngine(socket_path)
+    await engine.start()
+    front = GrpcFront(
+        settings,
+        engine,
+        NULL_OBSERVER,
+        token_table(settings),
+        server_credentials(settings),
+        share_port=True,
+    )
+    await front.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    print(f"{SERVING} {index} port {front.port} own_port {front.own_port}", flush=True)
+    await stop.wait()
+    engine.begin_drain()
+    await front.not_serving()
+    await front.stop(settings.shutdown_grace_seconds)
+    await engine.shutdown()
+    return 0
+
+
+def main() -> None:
+    settings = Settings.model_validate_json(os.environ[ipc.SETTINGS_ENV])
+    index = int(sys.argv[1])
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s frontend-{index} %(name)s: %(message)s",
+    )
+    sys.exit(asyncio.run(_main(settings, os.environ[ipc.ENGINE_SOCKET_ENV], index)))

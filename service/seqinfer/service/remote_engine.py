@@ -1,0 +1,163 @@
+"""``EngineClient`` for a front-end process: the same commands, carried to the engine process.
+
+Every command becomes an envelope (``ipc``) with a sequence number, and its
+reply resolves the future waiting under that number. Steps are coalesced:
+all the steps submitted in one event-loop turn leave in one message, sent
+at the end of the turn (``call_soon``), so a front end under load sends the
+engine a few large messages rather than one per request.
+
+What differs from the in-process engine, and why it is acceptable here:
+
+- A step is always accepted at once (``try_step`` never returns None), and
+  a refusal arrives as its future's exception instead of being raised. The
+  stream and the handlers treat both the same.
+- A cancelled call drops its reply when it comes; the step itself is not
+  recalled. The client's ``expected_step`` retry tells an applied step from
+  one that was not.
+- ``held_bytes`` of a step, which a stream counts against its bounds, is
+  its input bytes twice plus a result's overhead, because the front end
+  does not know which model a session belongs to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from seqinfer.service import ipc
+from seqinfer.service.engine_client import Admitted
+from seqinfer.service.errors import Draining
+from seqinfer.service.protocol import (
+    ExportReply,
+    ForkCommand,
+    ImportCommand,
+    ModelInfo,
+    OpenCommand,
+    SessionInfo,
+    StepBatch,
+    StepBatchReply,
+    StepCommand,
+)
+from seqinfer.service.replies import RESULT_OVERHEAD
+
+log = logging.getLogger(__name__)
+
+
+class RemoteEngine:
+    def __init__(self, socket_path: str) -> None:
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(f"ipc://{socket_path}")
+        self._seq = itertools.count()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._steps: list[tuple[int, StepCommand]] = []
+        self._flush_scheduled = False
+        self._receiver: asyncio.Task[None] | None = None
+        self.draining = False
+
+    async def start(self) -> None:
+        self._receiver = asyncio.get_running_loop().create_task(self._receive())
+
+    async def shutdown(self) -> None:
+        if self._receiver is not None:
+            self._receiver.cancel()
+        self._socket.close(0)
+        self._context.term()
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    async def _receive(self) -> None:
+        while True:
+            kind, replies = ipc.decode(await self._socket.recv())
+            assert kind == "replies"
+            for seq, reply in replies:
+                future = self._pending.pop(seq, None)
+                if future is None or future.done():
+                    continue  # the call was cancelled meanwhile
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        steps, self._steps = self._steps, []
+        if steps:
+            self._socket.send(ipc.encode(("steps", steps)))
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        seq = next(self._seq)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        await self._socket.send(ipc.encode(("call", seq, method, args)))
+        try:
+            return await future
+        finally:
+            self._pending.pop(seq, None)
+
+    # ----------------------------------------------------- EngineClient --
+
+    async def models(self) -> list[ModelInfo]:
+        result: list[ModelInfo] = await self._call("models")
+        return result
+
+    async def model(self, name: str, version: str = "") -> ModelInfo:
+        result: ModelInfo = await self._call("model", name, version)
+        return result
+
+    async def open(self, command: OpenCommand) -> SessionInfo:
+        self._check_open()
+        result: SessionInfo = await self._call("open", command)
+        return result
+
+    async def get(self, session_id: str, tenant: str = "") -> SessionInfo:
+        result: SessionInfo = await self._call("get", session_id, tenant)
+        return result
+
+    async def close(self, session_id: str, tenant: str = "") -> int:
+        result: int = await self._call("close", session_id, tenant)
+        return result
+
+    async def fork(self, command: ForkCommand) -> SessionInfo:
+        self._check_open()
+        result: SessionInfo = await self._call("fork", command)
+        return result
+
+    async def export(self, session_id: str, tenant: str = "") -> ExportReply:
+        result: ExportReply = await self._call("export", session_id, tenant)
+        return result
+
+    async def import_state(self, command: ImportCommand) -> SessionInfo:
+        self._check_open()
+        result: SessionInfo = await self._call("import_state", command)
+        return result
+
+    def try_step(self, command: StepCommand) -> Admitted:
+        self._check_open()
+        seq = next(self._seq)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        self._steps.append((seq, command))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return Admitted(future, 2 * len(command.inputs.data) + RESULT_OVERHEAD)
+
+    async def step(self, command: StepCommand) -> Admitted:
+        return self.try_step(command)
+
+    async def step_batch(self, batch: StepBatch) -> StepBatchReply:
+        self._check_open()
+        result: StepBatchReply = await self._call("step_batch", batch)
+        return result
+
+    def _check_open(self) -> None:
+        if self.draining:
+            raise Draining("server is shutting down; retry on another replica")
