@@ -80,9 +80,7 @@ class CallGuard:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(self, method)
             try:
-                tenant = self.tenant(context)
-                if self.active > self.max_concurrent_rpcs:
-                    raise self.overloaded()
+                tenant = call.admit(context)
                 if type(request) is Undecodable:
                     raise request.error()
                 return await fn(request, context, tenant)
@@ -98,9 +96,7 @@ class CallGuard:
         async def handler(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(self, method)
             try:
-                tenant = self.tenant(context)
-                if self.active > self.max_concurrent_rpcs:
-                    raise self.overloaded()
+                tenant = call.admit(context)
                 async for reply in fn(requests, context, tenant):
                     yield reply
             except BaseException as exc:
@@ -124,6 +120,14 @@ class _Call:
         self.started = time.perf_counter()
         guard.observer.rpc_started(method)
         guard.active += 1
+
+    def admit(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's tenant, once the call may go on (a token, room for one more call)."""
+        guard = self.guard
+        tenant = guard.tenant(context)
+        if guard.active > guard.max_concurrent_rpcs:
+            raise guard.overloaded()
+        return tenant
 
     async def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Abort the call with ``exc``'s status (re-raising is the caller's)."""
