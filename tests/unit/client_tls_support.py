@@ -1,7 +1,8 @@
-"""Certificates made on the fly and a tiny TLS gRPC server, for the client's TLS and token tests.
+"""Certificates (``tests.certs``) and a tiny TLS gRPC server, for the client's TLS and token tests.
 
-The seqinfer server does not speak TLS or check tokens yet, so the client
-side is tested against a stand-in: a real grpc server on loopback with
+The client side is tested against a stand-in, so that what it sends can be
+seen exactly (the seqinfer server's own TLS and tokens are tested in
+tests/integration/test_security.py): a real grpc server on loopback with
 ``grpc.ssl_server_credentials``, answering ListModels (unary) and
 StreamSteps (streaming), behind an interceptor that records the
 ``authorization`` metadata of every call and the client certificate's
@@ -10,8 +11,6 @@ common name, if one was presented.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -20,61 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
+from tests.certs import Authority, Pem
 
 CLIENT_CN = "seqinfer-test-client"
-
-
-@dataclass(frozen=True)
-class Pem:
-    cert: bytes
-    key: bytes
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(
-    subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, *, ca: bool
-) -> tuple[Pem, x509.Name, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name(subject)
-    issuer_name, issuer_key = issuer if issuer is not None else (name, key)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    pem = Pem(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    return pem, name, key
 
 
 @dataclass(frozen=True)
@@ -88,11 +38,13 @@ class Pki:
 
     @classmethod
     def make(cls) -> Pki:
-        ca, ca_name, ca_key = _issue("seqinfer test CA", None, ca=True)
-        server, _, _ = _issue("localhost", (ca_name, ca_key), ca=False)
-        client, _, _ = _issue(CLIENT_CN, (ca_name, ca_key), ca=False)
-        other, _, _ = _issue("some other CA", None, ca=True)
-        return cls(ca, server, client, other)
+        ca, other = Authority("seqinfer test CA"), Authority("some other CA")
+        return cls(
+            Pem(ca.pem, b""),
+            ca.issue("localhost", server=True),
+            ca.issue(CLIENT_CN, server=False),
+            Pem(other.pem, b""),
+        )
 
 
 @dataclass
