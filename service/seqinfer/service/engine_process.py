@@ -6,7 +6,8 @@ runtimes, ``LocalEngine``, metrics) and answers the front ends' envelopes
 exactly as in the single-process server, so ordering, exactly-once and
 every bound hold across front ends; one stream may carry many sessions and
 any front end serves any session. Replies finished in one loop turn leave
-in one message per front end.
+in one message per front end. The front ends' gRPC counters arrive as
+snapshots and are exported here, labelled by front end.
 
 SIGTERM drains (the supervisor sends it after the front ends have stopped):
 accepted work finishes within ``shutdown_grace_seconds``, then the process
@@ -21,7 +22,7 @@ import os
 import signal
 import sys
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -34,13 +35,20 @@ from seqinfer.service.protocol import StepCommand
 from seqinfer.service.security import token_table
 from seqinfer.service.server import SeqinferServer
 
+if TYPE_CHECKING:
+    from seqinfer.service.metrics import PrometheusObserver
+
 log = logging.getLogger(__name__)
 READY = "seqinfer-engine: ready"
 
 
 class EngineHost:
-    def __init__(self, engine: LocalEngine, socket_path: str) -> None:
+    def __init__(
+        self, engine: LocalEngine, socket_path: str, observer: PrometheusObserver | None = None
+    ) -> None:
+        """``observer``: where the front ends' metrics snapshots go (None: metrics are off)."""
         self.engine = engine
+        self._observer = observer
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -56,6 +64,8 @@ class EngineHost:
             if message[0] == "steps":
                 for seq, command in message[1]:
                     self._step(identity, seq, command)
+            elif message[0] == "metrics":
+                self._frontend_metrics(message[1], message[2])
             else:
                 _, seq, method, args = message
                 task = asyncio.get_running_loop().create_task(
@@ -63,6 +73,20 @@ class EngineHost:
                 )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    def _frontend_metrics(self, frontend: object, snapshot: object) -> None:
+        """Keep a front end's latest counters for the exporter; never answered."""
+        if self._observer is None:
+            return
+        from seqinfer.service.metrics.frontends import methods_from
+
+        try:
+            methods = methods_from(snapshot)
+        except (ValueError, TypeError) as error:
+            log.warning("metrics: front end %s sent a bad snapshot: %s", frontend, error)
+            return
+        if not self._observer.set_frontend(str(frontend), methods):
+            log.warning("metrics: too many front ends; front end %s not exported", frontend)
 
     def close(self) -> None:
         self._socket.close(0)
@@ -125,7 +149,13 @@ async def _main(settings: Settings, socket_path: str) -> int:
     server = SeqinferServer(settings)
     await server.start_engine(token_table(settings))
     assert server.engine is not None
-    host = EngineHost(server.engine, socket_path)
+    observer = None
+    if server.metrics_port:  # else prometheus_client stays unloaded here
+        from seqinfer.service.metrics import PrometheusObserver
+
+        if isinstance(server.observer, PrometheusObserver):
+            observer = server.observer
+    host = EngineHost(server.engine, socket_path, observer)
     serving = asyncio.get_running_loop().create_task(host.serve())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,6 +6,11 @@ every command to ``RemoteEngine``. It holds no session state, so any front
 end serves any session, and one that dies loses nothing but its calls in
 flight (their clients see UNAVAILABLE and retry with ``expected_step``).
 
+Its gRPC call metrics are counted here and sent to the engine process as
+snapshots (``metrics.frontends``), whose /metrics shows them labelled by
+front end: a scrape of one port sees the whole server, and no request pays
+an IPC message for its metrics.
+
 Ports: all front ends bind the public port with SO_REUSEPORT, and the
 kernel spreads connections (not requests) over them; each also binds a port
 of its own, so that a client can spread its channels evenly (the client's
@@ -24,7 +29,8 @@ import sys
 from seqinfer.service import ipc
 from seqinfer.service.config import Settings
 from seqinfer.service.grpc_front import GrpcFront
-from seqinfer.service.observer import NULL_OBSERVER
+from seqinfer.service.metrics import PrometheusObserver
+from seqinfer.service.metrics.frontends import FrontendMetrics
 from seqinfer.service.remote_engine import RemoteEngine
 from seqinfer.service.security import server_credentials, token_table
 
@@ -35,15 +41,18 @@ SERVING = "seqinfer-frontend: serving"
 async def _main(settings: Settings, socket_path: str, index: int) -> int:
     engine = RemoteEngine(socket_path)
     await engine.start()
+    observer = PrometheusObserver()
+    metrics = FrontendMetrics(observer, lambda snapshot: engine.send_metrics(index, snapshot))
     front = GrpcFront(
         settings,
         engine,
-        NULL_OBSERVER,
+        observer,
         token_table(settings),
         server_credentials(settings),
         share_port=True,
     )
     await front.start()
+    metrics.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -52,6 +61,7 @@ async def _main(settings: Settings, socket_path: str, index: int) -> int:
     engine.begin_drain()
     await front.not_serving()
     await front.stop(settings.shutdown_grace_seconds)
+    metrics.stop()
     await engine.shutdown()
     return 0
 

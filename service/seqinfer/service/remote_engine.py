@@ -46,6 +46,7 @@ from seqinfer.service.protocol import (
 from seqinfer.service.replies import RESULT_OVERHEAD
 
 log = logging.getLogger(__name__)
+SHUTDOWN_LINGER_MS = 1000
 
 
 class RemoteEngine:
@@ -67,8 +68,14 @@ class RemoteEngine:
     async def shutdown(self) -> None:
         if self._receiver is not None:
             self._receiver.cancel()
-        self._socket.close(0)
+        # A short linger, so that what was sent last (the final metrics) still
+        # leaves; bounded, because the engine may be gone.
+        self._socket.close(linger=SHUTDOWN_LINGER_MS)
         self._context.term()
+
+    def send_metrics(self, frontend: int, snapshot: object) -> None:
+        """One ``("metrics", ...)`` envelope of the front end's counters; never answered."""
+        self._socket.send(ipc.encode(("metrics", frontend, snapshot)))
 
     def begin_drain(self) -> None:
         self.draining = True

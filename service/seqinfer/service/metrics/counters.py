@@ -68,6 +68,8 @@ MAX_METHODS = 64
 # Where an unknown reason or a method beyond MAX_METHODS is counted, so that a
 # caller's bug cannot widen a label.
 OTHER = "other"
+# Front ends whose snapshots the engine process keeps (``frontends``): bounds that label too.
+MAX_FRONTENDS = 256
 
 
 class Histogram:
@@ -146,10 +148,24 @@ class PrometheusObserver(Observer):
     def __init__(self) -> None:
         self._models: dict[str, ModelCounters] = {}
         self._methods: dict[str, MethodCounters] = {}
+        # Front end index -> its latest per-method snapshot (``serve --frontends K``).
+        # Each entry is replaced whole, on the event loop; a scrape reads a copy.
+        self._frontends: dict[str, dict[str, MethodCounters]] = {}
 
     def totals(self) -> tuple[dict[str, ModelCounters], dict[str, MethodCounters]]:
         """The per-model and per-method counters (copies of the tables; live counters)."""
         return dict(self._models), dict(self._methods)
+
+    def frontend_totals(self) -> dict[str, dict[str, MethodCounters]]:
+        """Each front end's latest per-method counters, by front end index (a copy)."""
+        return dict(self._frontends)
+
+    def set_frontend(self, frontend: str, methods: dict[str, MethodCounters]) -> bool:
+        """Keep ``methods`` as front end ``frontend``'s latest; False past MAX_FRONTENDS."""
+        if frontend not in self._frontends and len(self._frontends) >= MAX_FRONTENDS:
+            return False
+        self._frontends[frontend] = methods
+        return True
 
     # -- slow paths: the first event of a model or method ----------------------------
     # setdefault keeps the first table entry if two of these ever race.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from prometheus_client.core import (
@@ -59,6 +59,10 @@ class Family:
     kind: Kind
     help: str
     labels: tuple[str, ...] = ()  # for an info: the labels its one sample carries
+
+    def labelled(self, *extra: str) -> Family:
+        """This family with ``extra`` labels after its own."""
+        return replace(self, labels=(*self.labels, *extra))
 
     @property
     def scraped_name(self) -> str:
@@ -231,13 +235,42 @@ def level_families(stats: Sequence[RuntimeStats]) -> list[Metric]:
     return [sessions, capacity, used, slab_bytes, queue, device_memory]
 
 
+def grpc_families(
+    methods: dict[str, MethodCounters],
+    frontends: dict[str, dict[str, MethodCounters]] | None = None,
+) -> list[Metric]:
+    """GRPC_REQUESTS, GRPC_IN_FLIGHT and GRPC_DURATION from per-method counters.
+
+    With ``frontends`` (the engine process of ``serve --frontends K``), each
+    front end's counters come labelled ``frontend="<index>"``, and this
+    process's own (none: the engine process serves no gRPC) with
+    ``frontend=""``, which Prometheus reads as no label at all.
+    """
+    sources: list[tuple[str, dict[str, MethodCounters]]] = [("", methods)]
+    extra: tuple[str, ...] = ()
+    if frontends:
+        extra = ("frontend",)
+        sources += sorted(frontends.items(), key=lambda item: (len(item[0]), item[0]))
+    requests = GRPC_REQUESTS.labelled(*extra).counter()
+    in_flight = GRPC_IN_FLIGHT.labelled(*extra).gauge()
+    duration = GRPC_DURATION.labelled(*extra).histogram()
+    for frontend, table in sources:
+        tail = [frontend] if extra else []
+        for method, m in sorted(table.items()):
+            in_flight.add_metric([method, *tail], m.in_flight)
+            for code, count in sorted(m.codes.copy().items()):
+                requests.add_metric([method, code, *tail], count)
+            duration.add_metric([method, *tail], *_buckets(m.duration))
+    return [requests, in_flight, duration]
+
+
 def event_families(
-    models: dict[str, ModelCounters], methods: dict[str, MethodCounters]
+    models: dict[str, ModelCounters],
+    methods: dict[str, MethodCounters],
+    frontends: dict[str, dict[str, MethodCounters]] | None = None,
 ) -> list[Metric]:
     """The EVENTS families, in that order, from the observer's counters."""
-    requests = GRPC_REQUESTS.counter()
-    in_flight = GRPC_IN_FLIGHT.gauge()
-    duration = GRPC_DURATION.histogram()
+    requests, in_flight, duration = grpc_families(methods, frontends)
     steps = STEPS.counter()
     timesteps = REQUEST_TIMESTEPS.histogram()
     latency = STEP_LATENCY.histogram()
@@ -248,11 +281,6 @@ def event_families(
     opened = SESSIONS_OPENED.counter()
     ended = SESSIONS_ENDED.counter()
     rejected = REJECTED.counter()
-    for method, m in sorted(methods.items()):
-        in_flight.add_metric([method], m.in_flight)
-        for code, count in sorted(m.codes.copy().items()):
-            requests.add_metric([method, code], count)
-        duration.add_metric([method], *_buckets(m.duration))
     for model, c in sorted(models.items()):
         steps.add_metric([model], c.steps)
         timesteps.add_metric([model], *_buckets(c.timesteps))
@@ -299,4 +327,4 @@ class SeqinferCollector(Collector):
         # that rates and dashboards show 0 rather than nothing for an idle model.
         for s in stats:
             models.setdefault(s.model, ModelCounters())
-        yield from event_families(models, methods)
+        yield from event_families(models, methods, self._observer.frontend_totals())
