@@ -29,8 +29,8 @@ import sys
 from seqinfer.service import ipc
 from seqinfer.service.config import Settings
 from seqinfer.service.grpc_front import GrpcFront
-from seqinfer.service.metrics import PrometheusObserver
 from seqinfer.service.metrics.frontends import FrontendMetrics
+from seqinfer.service.observer import NULL_OBSERVER, Observer
 from seqinfer.service.remote_engine import RemoteEngine
 from seqinfer.service.security import server_credentials, token_table
 
@@ -38,11 +38,18 @@ log = logging.getLogger(__name__)
 SERVING = "seqinfer-frontend: serving"
 
 
-async def _main(settings: Settings, socket_path: str, index: int) -> int:
+async def _main(settings: Settings, socket_path: str, index: int, counted: bool) -> int:
+    """``counted``: the engine exports metrics, so this front end counts its calls for it."""
     engine = RemoteEngine(socket_path)
     await engine.start()
-    observer = PrometheusObserver()
-    metrics = FrontendMetrics(observer, lambda snapshot: engine.send_metrics(index, snapshot))
+    observer: Observer = NULL_OBSERVER
+    metrics: FrontendMetrics | None = None
+    if counted:
+        from seqinfer.service.metrics import PrometheusObserver
+
+        counters = PrometheusObserver()
+        metrics = FrontendMetrics(counters, lambda snapshot: engine.send_metrics(index, snapshot))
+        observer = counters
     front = GrpcFront(
         settings,
         engine,
@@ -52,7 +59,8 @@ async def _main(settings: Settings, socket_path: str, index: int) -> int:
         share_port=True,
     )
     await front.start()
-    metrics.start()
+    if metrics is not None:
+        metrics.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -61,16 +69,17 @@ async def _main(settings: Settings, socket_path: str, index: int) -> int:
     engine.begin_drain()
     await front.not_serving()
     await front.stop(settings.shutdown_grace_seconds)
-    metrics.stop()
+    if metrics is not None:
+        metrics.stop()
     await engine.shutdown()
     return 0
 
 
 def main() -> None:
     settings = Settings.model_validate_json(os.environ[ipc.SETTINGS_ENV])
-    index = int(sys.argv[1])
+    index, counted = int(sys.argv[1]), sys.argv[2:] == ["metrics"]
     logging.basicConfig(
         level=settings.log_level,
         format=f"%(asctime)s %(levelname)s frontend-{index} %(name)s: %(message)s",
     )
-    sys.exit(asyncio.run(_main(settings, os.environ[ipc.ENGINE_SOCKET_ENV], index)))
+    sys.exit(asyncio.run(_main(settings, os.environ[ipc.ENGINE_SOCKET_ENV], index, counted)))

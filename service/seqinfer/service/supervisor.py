@@ -96,7 +96,9 @@ class Supervisor:
             sys.stdout.flush()
 
     async def _start_frontend(self, index: int, settings: Settings) -> int:
-        process = await self._spawn(FRONTEND, settings, str(index))
+        # Front ends count their calls only for an engine that exports them.
+        counted = ("metrics",) if self.settings.metrics_port else ()
+        process = await self._spawn(FRONTEND, settings, str(index), *counted)
         line = await self._first_line(process, "seqinfer-frontend: serving", f"front end {index}")
         self._fronts[index] = process
         own_port = int(line.rsplit(" ", 1)[1])
