@@ -16,7 +16,14 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from seqinfer.client.options import DEFAULT_ADDRESS, ChannelOptions, Metadata, call_metadata
+from seqinfer.client.options import (
+    DEFAULT_ADDRESS,
+    ChannelOptions,
+    Metadata,
+    address_list_target,
+    balanced_options,
+    call_metadata,
+)
 from seqinfer.client.retry import RetryPolicy
 from seqinfer.client.security import Security
 from seqinfer.client.tensors import InputKind
@@ -56,7 +63,7 @@ class ClientCore(Generic[ChannelT]):
     """A connection to a seqinfer server (the part shared by the sync and async clients).
 
     Args:
-        address: ``host:port`` of the server.
+        address: ``host:port`` of the server (default ``127.0.0.1:50051``).
         timeout: default deadline in seconds of each call, retries included;
             None: no deadline. Each method also takes ``timeout``.
         retry: when and how to retry (``RetryPolicy.disabled()`` for never).
@@ -74,11 +81,15 @@ class ClientCore(Generic[ChannelT]):
         client_key: PEM private key of ``client_certificate``.
         token: bearer token, sent as ``authorization: Bearer <token>`` on
             every call, streams included; never shown in a ``repr``.
+        addresses: several ``ip:port`` of one server (e.g. the front ends'
+            own ports of ``serve --frontends K``), instead of ``address``:
+            one channel over all of them that spreads calls round-robin.
+            IP literals only, all IPv4 or all IPv6; not with ``channel``.
     """
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         *,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
@@ -91,8 +102,17 @@ class ClientCore(Generic[ChannelT]):
         client_certificate: bytes | None = None,
         client_key: bytes | None = None,
         token: str | None = None,
+        addresses: Sequence[str] | None = None,
     ) -> None:
-        self.address = address
+        if addresses is not None and (address is not None or channel is not None):
+            raise ValueError("give addresses= or address=/channel=, not both")
+        target = address if address is not None else DEFAULT_ADDRESS
+        self.addresses: tuple[str, ...] | None = None
+        if addresses is not None:
+            target = address_list_target(addresses)
+            self.addresses = tuple(addresses)
+            options = balanced_options(options or ChannelOptions(), addresses)
+        self.address = target
         self.timeout = timeout
         self.retry_policy = retry if retry is not None else RetryPolicy()
         self._options = options if options is not None else ChannelOptions()
@@ -112,7 +132,7 @@ class ClientCore(Generic[ChannelT]):
         self._channel: ChannelT = (
             channel
             if channel is not None
-            else self._open_channel(address, self._options, self._security.credentials())
+            else self._open_channel(target, self._options, self._security.credentials())
         )
         self._stub: Any = pb_grpc.SeqinferStub(self._channel)
         self._kinds = KindCache()

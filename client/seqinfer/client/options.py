@@ -4,10 +4,23 @@ Everything a connection needs beyond the address lives here, so that later
 transport features (TLS, auth tokens) plug into one place:
 ``channel_credentials`` selects a secure channel, and ``metadata`` is sent
 with every call.
+
+A list of addresses (``serve --frontends K`` prints each front end's own
+port) becomes one channel over gRPC's static address list, ``ipv4:a,b`` or
+``ipv6:[a]:p,[b]:q``, with the ``round_robin`` policy: the kernel balances
+the shared port by connection, so one ordinary channel would send every
+call to one front end, while round_robin keeps a subchannel to each address
+and spreads calls over them. Such a target has no host name of its own
+(its authority would be the whole list, which no certificate names), so
+the channel's authority is set to the first address: TLS checks the server
+certificate against that host, as it would for a single address.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +29,10 @@ import grpc.aio
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "SEQINFER_ADDRESS"
+ADDRESSES_ENV = "SEQINFER_ADDRESSES"
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Channel arguments a caller may set to name the server for TLS themselves.
+_AUTHORITY_ARGS = ("grpc.default_authority", "grpc.ssl_target_name_override")
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -57,6 +74,46 @@ class ChannelOptions:
             ]
         args += list(self.extra)
         return args
+
+
+def _split(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"addresses= needs host:port entries, got {address!r}")
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")), int(port)
+    except ValueError:
+        # gRPC's static lists take IP literals only; a name would need DNS,
+        # which resolves one name, not a list.
+        raise ValueError(
+            f"addresses= takes IP literals (127.0.0.1:50051, [::1]:50051), got {address!r}"
+        ) from None
+
+
+def address_list_target(addresses: Sequence[str]) -> str:
+    """gRPC's static address list for ``addresses``: ``ipv4:h:p,h:q`` or ``ipv6:[h]:p,...``."""
+    if isinstance(addresses, str):
+        raise ValueError("addresses= takes a sequence of host:port strings, not one string")
+    parsed = [_split(a) for a in addresses]
+    if not parsed:
+        raise ValueError("addresses= needs at least one host:port")
+    versions = {ip.version for ip, _ in parsed}
+    if len(versions) > 1:
+        raise ValueError("addresses= must be all IPv4 or all IPv6 (one gRPC address list)")
+    if versions == {4}:
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in parsed)
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in parsed)
+
+
+def balanced_options(options: ChannelOptions, addresses: Sequence[str]) -> ChannelOptions:
+    """``options`` plus round_robin, and the first address as authority unless one is set."""
+    extra: list[tuple[str, int | str]] = [("grpc.service_config", ROUND_ROBIN)]
+    if not any(key in _AUTHORITY_ARGS for key, _ in options.extra):
+        ip, port = _split(addresses[0])
+        extra.append(
+            ("grpc.default_authority", f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
+        )
+    return dataclasses.replace(options, extra=(*extra, *options.extra))
 
 
 def make_channel(

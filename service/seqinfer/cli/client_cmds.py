@@ -87,8 +87,13 @@ def _fail(reason: str, message: str, code: int) -> NoReturn:
 @contextmanager
 def _connect(address: str, timeout: float, security: dict[str, Any]) -> Iterator[Client]:
     """A client whose server errors become ``error: REASON: message`` and exit 1."""
+    # --address always has a value (its default), so it yields to --addresses
+    # unless set to something else, which is a contradiction to report.
+    given: str | None = address
+    if security.get("addresses") is not None and address == DEFAULT_ADDRESS:
+        given = None
     try:
-        client = Client(address, timeout=timeout, **security)
+        client = Client(given, timeout=timeout, **security)
     except ValueError as exc:  # e.g. --cert without --key
         _fail("USAGE", str(exc), EXIT_USAGE)
     try:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from seqinfer.client.options import ADDRESS_ENV
+from seqinfer.client.options import ADDRESS_ENV, ADDRESSES_ENV
 from seqinfer.client.security import TOKEN_ENV
 
 # Passed to every typer.Typer of the CLI (a sub-app renders its own help).
@@ -49,9 +49,20 @@ def _pem_file(flag: str, help_text: str) -> Any:
     ]
 
 
-# The options every client command takes to reach a TLS server and prove
-# who it is; `security_options` adds them, so they are spelled out once.
+# The options every client command takes to reach a TLS server (or several
+# front ends of one) and prove who it is; `security_options` adds them, so
+# they are spelled out once.
 _SECURITY_OPTIONS: dict[str, Any] = {
+    "addresses": Annotated[
+        str | None,
+        typer.Option(
+            "--addresses",
+            envvar=ADDRESSES_ENV,
+            show_envvar=True,
+            help="ip:port,ip:port of one server's front ends (serve --frontends prints "
+            "their own ports), instead of --address: calls are spread round-robin.",
+        ),
+    ],
     "tls": Annotated[
         bool,
         typer.Option(
@@ -78,10 +89,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def security_options(fn: F) -> F:
-    """Gives a client command ``--tls --ca --cert --key --token``, passed on as ``security``.
+    """Gives a client command ``--addresses --tls --ca --cert --key --token``, as ``security``.
 
     ``fn`` takes ``security: dict[str, Any]``: the keyword arguments for
-    ``Client`` (certificates read from their files). Typer reads the
+    ``Client`` (certificates read from their files; ``addresses`` split at
+    commas, None when not given). Typer reads the
     wrapper's signature, so the options appear in ``--help`` as if written
     out in each command.
     """
@@ -98,7 +110,9 @@ def security_options(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         tls, ca, cert, key = (kwargs.pop(n) for n in ("tls", "ca", "cert", "key"))
+        addresses = kwargs.pop("addresses")
         security = {
+            "addresses": split_addresses(addresses) if addresses else None,
             "tls": tls,
             "root_certificates": ca.read_bytes() if ca is not None else None,
             "client_certificate": cert.read_bytes() if cert is not None else None,
@@ -113,6 +127,11 @@ def security_options(fn: F) -> F:
         **_SECURITY_OPTIONS,
     }
     return wrapper  # type: ignore[return-value]
+
+
+def split_addresses(text: str) -> list[str]:
+    """``a:1, b:2`` -> ``["a:1", "b:2"]``; empty entries (a trailing comma) are dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class OutputFormat(StrEnum):
