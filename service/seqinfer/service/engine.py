@@ -240,7 +240,9 @@ class GRUEngine:
                 new_states.append(x)
             new_h = torch.stack(new_states)
             slab.index_copy_(1, slots, new_h)
-        return self._single_results(items, self._head(x), new_h, static=False)
+        # The head only when some item wants outputs (OUTPUT_MODE_NONE skips it).
+        wanted = any(it.output_mode is not OutputMode.NONE for it in items)
+        return self._single_results(items, self._head(x) if wanted else None, new_h, static=False)
 
     def _run_static(self, slab: torch.Tensor, items: list[EngineItem]) -> list[EngineResult]:
         """Single steps on the static buffers (pinned staging, CUDA graphs, padding)."""
@@ -262,13 +264,22 @@ class GRUEngine:
         out.copy_(self._head(x))
 
     def _single_results(
-        self, items: list[EngineItem], out: torch.Tensor, new_h: torch.Tensor, *, static: bool
+        self,
+        items: list[EngineItem],
+        out: torch.Tensor | None,
+        new_h: torch.Tensor,
+        *,
+        static: bool,
     ) -> list[EngineResult]:
-        """Split one batch's outputs [B, O] and new states [L, B, H] (real rows
-        first): one copy to the host for each, not one per item. ``static``:
-        they are buffers the next batch overwrites, so the host gets a copy."""
-        wanted = any(it.output_mode is not OutputMode.NONE for it in items)
-        outputs = self._to_numpy(out[: len(items)], copy=static) if wanted else None
+        """Split one batch's outputs [B, O] (None: nobody wants them) and new states
+        [L, B, H] (real rows first): one copy to the host for each, not one per
+        item. ``static``: they are buffers the next batch overwrites, so the host
+        gets a copy."""
+        outputs = None
+        if out is not None and any(it.output_mode is not OutputMode.NONE for it in items):
+            if out.shape[0] != len(items):  # padded: the real rows come first
+                out = out[: len(items)]
+            outputs = self._to_numpy(out, copy=static)
         asked = [i for i, it in enumerate(items) if it.return_state]
         states: dict[int, np.ndarray] = {}
         if asked:
