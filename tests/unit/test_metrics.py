@@ -46,6 +46,8 @@ def cpu_stats(**kw: object) -> RuntimeStats:
         slab_used=4,
         slab_bytes=1024 * 2 * 256 * 4,
         queue_depth=7,
+        weights_bytes=123_456,
+        graph_bytes=789,
     )
     base.update(kw)
     return RuntimeStats(**base)  # type: ignore[arg-type]
@@ -193,6 +195,8 @@ def test_pull_gauges_from_stats_provider(exporter: MetricsExporter) -> None:
     assert value(s, "seqinfer_state_slab_capacity_slots", model=MODEL) == 1024
     assert value(s, "seqinfer_state_slab_used_slots", model=MODEL) == 4
     assert value(s, "seqinfer_state_slab_bytes", model=MODEL) == 1024 * 2 * 256 * 4
+    assert value(s, "seqinfer_model_weights_bytes", model=MODEL) == 123_456
+    assert value(s, "seqinfer_static_step_bytes", model=MODEL) == 789
     assert value(s, "seqinfer_queue_depth", model=MODEL) == 7
     # CPU: the process's resident set, a plausible number of bytes for a Python process.
     rss = value(s, "seqinfer_device_memory_allocated_bytes", device="cpu")

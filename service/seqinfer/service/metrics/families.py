@@ -109,6 +109,15 @@ SLAB_USED = Family(
 SLAB_BYTES = Family(
     "seqinfer_state_slab_bytes", "gauge", "Bytes of the model's state slab tensor.", ("model",),
 )
+WEIGHTS_BYTES = Family(
+    "seqinfer_model_weights_bytes", "gauge", "Bytes of the model's weights on its device.",
+    ("model",),
+)
+STATIC_BYTES = Family(
+    "seqinfer_static_step_bytes", "gauge",
+    "Bytes of the model's static single-step buffers and CUDA graph pools (0 without them).",
+    ("model",),
+)
 QUEUE_DEPTH = Family(
     "seqinfer_queue_depth", "gauge", "Step requests accepted and not yet computed.", ("model",),
 )
@@ -172,7 +181,8 @@ REJECTED = Family(
 # fmt: on
 
 LEVELS: tuple[Family, ...] = (
-    SESSIONS, SLAB_CAPACITY, SLAB_USED, SLAB_BYTES, QUEUE_DEPTH, DEVICE_MEMORY,
+    SESSIONS, SLAB_CAPACITY, SLAB_USED, SLAB_BYTES, WEIGHTS_BYTES, STATIC_BYTES, QUEUE_DEPTH,
+    DEVICE_MEMORY,
 )  # fmt: skip
 EVENTS: tuple[Family, ...] = (
     GRPC_REQUESTS, GRPC_IN_FLIGHT, GRPC_DURATION, STEPS, REQUEST_TIMESTEPS, STEP_LATENCY,
@@ -211,6 +221,8 @@ def level_families(stats: Sequence[RuntimeStats]) -> list[Metric]:
     capacity = SLAB_CAPACITY.gauge()
     used = SLAB_USED.gauge()
     slab_bytes = SLAB_BYTES.gauge()
+    weights = WEIGHTS_BYTES.gauge()
+    static = STATIC_BYTES.gauge()
     queue = QUEUE_DEPTH.gauge()
     device_memory = DEVICE_MEMORY.gauge()
     memory_by_device: dict[str, int] = {}
@@ -222,6 +234,8 @@ def level_families(stats: Sequence[RuntimeStats]) -> list[Metric]:
         capacity.add_metric([s.model], s.slab_capacity)
         used.add_metric([s.model], s.slab_used)
         slab_bytes.add_metric([s.model], s.slab_bytes)
+        weights.add_metric([s.model], s.weights_bytes)
+        static.add_metric([s.model], s.graph_bytes)
         queue.add_metric([s.model], s.queue_depth)
         if s.device_memory_bytes is not None:
             # Per device, not per model: models sharing a GPU report the same reading.
@@ -232,7 +246,7 @@ def level_families(stats: Sequence[RuntimeStats]) -> list[Metric]:
                 memory_by_device[s.device] = rss
     for device, value in sorted(memory_by_device.items()):
         device_memory.add_metric([device], value)
-    return [sessions, capacity, used, slab_bytes, queue, device_memory]
+    return [sessions, capacity, used, slab_bytes, weights, static, queue, device_memory]
 
 
 def grpc_families(
