@@ -33,6 +33,7 @@ from seqinfer.service.errors import (
     SeqinferError,
     TenantQuota,
     TooLarge,
+    draining,
     internal,
 )
 from seqinfer.service.observer import Observer
@@ -114,9 +115,6 @@ class Admission:
             c.expected_step, c.reset, c.end, c.output_mode, c.return_state, c.inputs,
             None, c.deadline, self._loop.create_future(), None, 0, c.tenant,
         )  # fmt: skip
-
-    def runtime_for_growth(self, model: str, version: str) -> ModelRuntime:
-        return self.router.model(model, version)
 
     # ------------------------------------------------------------- batch --
 
@@ -231,7 +229,7 @@ class Admission:
                 runtime = self.router.model(model, model_version)
             try:
                 if self._draining():
-                    raise Draining("server is shutting down; retry on another replica")
+                    raise draining()
                 if decoded is not None and decoded[0] == runtime.key:
                     if isinstance(decoded[1], SeqinferError):
                         raise decoded[1]

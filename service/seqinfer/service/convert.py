@@ -94,7 +94,6 @@ def step_from_pb(request: pb.StepRequest, deadline: float | None, tenant: str) -
         request.output_mode,
         request.return_state,
         deadline,
-        0,
         tenant,
     )
 

@@ -23,7 +23,13 @@ from seqinfer.service import inputs, replies
 from seqinfer.service.admission import Admission, too_large_reply
 from seqinfer.service.bounds import check_step, check_ttl
 from seqinfer.service.config import Settings
-from seqinfer.service.errors import Draining, InvalidInput, SeqinferError, SessionExists, internal
+from seqinfer.service.errors import (
+    InvalidInput,
+    SeqinferError,
+    SessionExists,
+    draining,
+    internal,
+)
 from seqinfer.service.observer import Observer
 from seqinfer.service.protocol import (
     ExportReply,
@@ -96,7 +102,7 @@ class LocalEngine:
 
     def _check_open(self) -> None:
         if self.draining:
-            raise Draining("server is shutting down; retry on another replica")
+            raise draining()
 
     def _check_id(
         self, session_id: str, field: str = "session_id", *, required: bool = True

@@ -193,6 +193,11 @@ class Unauthenticated(SeqinferError):
     reason = "UNAUTHENTICATED"
 
 
+def draining() -> Draining:
+    """The refusal of new work while the server (or this front end) drains."""
+    return Draining("server is shutting down; retry on another replica")
+
+
 class Cancelled(SeqinferError):
     reason = "CANCELLED_BY_CLIENT"
 

@@ -55,8 +55,6 @@ class StepCommand:
     output_mode: int = 0  # seqinfer.v1.OutputMode value (0: unspecified = LAST)
     return_state: bool = False
     deadline: float | None = None  # time.monotonic() of this host
-    # Bytes the request took on the wire, which a stream counts while it holds them.
-    wire_bytes: int = 0
     tenant: str = ""  # whose session: from the call's token ("" without tokens)
 
 

@@ -31,7 +31,7 @@ import zmq.asyncio
 
 from seqinfer.service import ipc
 from seqinfer.service.engine_client import Admitted
-from seqinfer.service.errors import Draining
+from seqinfer.service.errors import draining
 from seqinfer.service.protocol import (
     ExportReply,
     ForkCommand,
@@ -167,4 +167,4 @@ class RemoteEngine:
 
     def _check_open(self) -> None:
         if self.draining:
-            raise Draining("server is shutting down; retry on another replica")
+            raise draining()

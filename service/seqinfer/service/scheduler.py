@@ -38,11 +38,11 @@ from seqinfer.service.bounds import MAX_STEP
 from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine
 from seqinfer.service.errors import (
     DeadlineExceeded,
-    Draining,
     SeqinferError,
     SessionNotFound,
     StepGap,
     StepLimit,
+    draining,
     echo,
     internal,
 )
@@ -113,7 +113,7 @@ class Scheduler:
     def submit(self, item: StepItem) -> None:
         """Queue an item behind its session's earlier ones (event loop thread)."""
         if self.draining:
-            raise Draining("server is shutting down; retry on another replica")
+            raise draining()
         session = item.session
         if session.close_waiter is not None:
             raise SessionNotFound(
