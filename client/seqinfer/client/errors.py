@@ -239,6 +239,17 @@ class Draining(Unavailable):
     default_reason = "DRAINING"
 
 
+class StoreUnavailable(Unavailable):
+    """Write-through: the server's state store could not commit the step.
+
+    The step may be applied in memory; a retry with the same ``expected_step``
+    and ``request_id`` (what session handles send) gets the reply, replayed,
+    once the state is committed. Retried like any ``Unavailable``.
+    """
+
+    default_reason = "STORE_UNAVAILABLE"
+
+
 class DeadlineExceeded(SeqinferError):
     """The deadline passed (client side, or server side before computing)."""
 
@@ -275,6 +286,7 @@ BY_REASON: Mapping[str, type[SeqinferError]] = {
         QueueFull,
         CapacityFull,
         Draining,
+        StoreUnavailable,
         DeadlineExceeded,
         Cancelled,
         InternalError,

@@ -217,6 +217,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     sessions, steps per second); nothing was applied. Metadata: "quota",
     "limit", and "retry_after_seconds" where waiting helps.
     """
+    STORE_UNAVAILABLE: _ErrorReason.ValueType  # 18
+    """UNAVAILABLE: durability write-through, and the state store could not
+    commit. The step may be applied in memory but its reply is withheld;
+    retry with the same `expected_step` and `request_id`: the reply comes,
+    `replayed`, once the state is committed. Metadata: "current_step".
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """------------------------------------------------------------------ errors --
@@ -273,6 +279,12 @@ TENANT_QUOTA: ErrorReason.ValueType  # 17
 """RESOURCE_EXHAUSTED: the caller's tenant is at one of its quotas (open
 sessions, steps per second); nothing was applied. Metadata: "quota",
 "limit", and "retry_after_seconds" where waiting helps.
+"""
+STORE_UNAVAILABLE: ErrorReason.ValueType  # 18
+"""UNAVAILABLE: durability write-through, and the state store could not
+commit. The step may be applied in memory but its reply is withheld;
+retry with the same `expected_step` and `request_id`: the reply comes,
+`replayed`, once the state is committed. Metadata: "current_step".
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

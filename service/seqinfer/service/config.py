@@ -178,11 +178,12 @@ class Settings(BaseSettings):
         description="Bytes of state slab per model at most (caps growth as max_sessions "
         "does); 0 = no byte limit.",
     )
-    durability: Literal["none", "snapshot"] = Field(
+    durability: Literal["none", "snapshot", "write-through"] = Field(
         "none",
         description="`none`: sessions end with the process; `snapshot`: written to "
-        "state_dir on SIGTERM and every snapshot_interval_seconds, restored on start "
-        "(see docs/durability.md).",
+        "state_dir on SIGTERM and every snapshot_interval_seconds, restored on start; "
+        "`write-through`: every step's reply waits for its batch's commit (one per batch), "
+        "so no acknowledged step is lost in a crash (see docs/durability.md).",
     )
     state_dir: Path | None = Field(
         None, description="Directory of the session store (required unless durability is none)."
@@ -191,7 +192,8 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         description="With durability snapshot: how often changed sessions are written "
-        "(a crash loses at most this window); 0 = only on shutdown.",
+        "(a crash loses at most this window); 0 = only on shutdown. With write-through: "
+        "how often what no step wrote (forks, imports, closed sessions) is written.",
     )
 
     @field_validator("frontends")

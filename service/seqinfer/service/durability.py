@@ -27,6 +27,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -53,7 +55,7 @@ CHUNK = 4096
 Marker = tuple[int, float]  # (step, last_used): what was written of a session
 
 
-class _Taken(NamedTuple):
+class Taken(NamedTuple):
     """A session's bookkeeping as it was when its state read was queued."""
 
     session_id: str
@@ -68,14 +70,60 @@ class _Taken(NamedTuple):
 
 
 class Durability:
-    def __init__(self, store: StateStore, runtimes: list[ModelRuntime], interval: float) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        runtimes: list[ModelRuntime],
+        interval: float,
+        write_through: bool = False,
+    ) -> None:
         self.store = store
         self.runtimes = runtimes
         self.interval = interval
+        # Write-through: batches commit their own sessions (``commits``); the
+        # periodic pass then only catches what no step wrote (fork, import,
+        # sessions gone) and must never put back an older state than a commit's.
+        self.write_through = write_through
         self._written: dict[str, Marker] = {}
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Every store write goes through this one thread, in submission order:
+        # a write submitted later is committed later, so a commit's newer state
+        # is never overwritten by a snapshot chunk submitted before it.
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self.on_written: Callable[[list[str]], None] | None = None
+
+    def submit_write(
+        self, records: list[tuple[str, bytes]], deletes: list[str], markers: dict[str, Marker]
+    ) -> asyncio.Future[None]:
+        """Queue one transaction on the store thread; once it is committed the
+        markers say what the store holds (the caller awaits the future)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def committed(result: asyncio.Future[None]) -> None:
+            error = result.exception()
+            if error is not None:
+                if not done.done():
+                    done.set_exception(error)
+                return
+            for key in deletes:
+                self._written.pop(key, None)
+            self._written.update((key, markers[key]) for key, _ in records if key in markers)
+            if self.on_written is not None:
+                self.on_written([key for key, _ in records])
+            if not done.done():
+                done.set_result(None)
+
+        loop.run_in_executor(self._io, self.store.write, records, deletes).add_done_callback(
+            committed
+        )
+        return done
+
+    def held(self, key: str) -> Marker | None:
+        """What the store was last told of a session (step, last use), if anything."""
+        return self._written.get(key)
 
     # ------------------------------------------------------------ restore --
 
@@ -150,9 +198,12 @@ class Durability:
             self._task = None
         try:
             if final:
-                await self.snapshot(full=True)
+                # Write-through: every step is in the store already; what is left
+                # is what no step wrote (forks, imports, sessions gone).
+                await self.snapshot(full=not self.write_through)
         finally:
-            await asyncio.to_thread(self.store.close)
+            await asyncio.get_running_loop().run_in_executor(self._io, self.store.close)
+            self._io.shutdown()
 
     async def snapshot(self, full: bool) -> int:
         """Write the changed sessions (every one if ``full``) and delete the gone;
@@ -168,20 +219,24 @@ class Durability:
                     if not taken:
                         continue
                     states = await asyncio.wrap_future(runtime.submit_read(slots))
-                    encoded = await asyncio.to_thread(_encode_all, runtime.spec, taken, states)
+                    encoded = await asyncio.to_thread(encode_all, runtime.spec, taken, states)
                     records.extend(encoded)
                     markers.update((t.key, (t.step, t.last_used)) for t in taken)
-            live: set[str] = set()
+            live: dict[str, Session] = {}
             for runtime in self.runtimes:
                 live.update(runtime.table.by_id)
             # Closed while the snapshot ran: not written, and deleted if written before.
             records = [(sid, data) for sid, data in records if sid in live]
+            if self.write_through:
+                # Stepped since taken: its batch's commit holds a newer state.
+                records = [
+                    (sid, data)
+                    for sid, data in records
+                    if (live[sid].step, live[sid].last_used) == markers[sid]
+                ]
             deletes = [sid for sid in self._written.keys() | markers.keys() if sid not in live]
             if records or deletes:
-                await asyncio.to_thread(self.store.write, records, deletes)
-            for sid in deletes:
-                self._written.pop(sid, None)
-            self._written.update((sid, markers[sid]) for sid, _ in records)
+                await self.submit_write(records, deletes, markers)
             level = logging.INFO if records or deletes or full else logging.DEBUG
             log.log(
                 level,
@@ -193,7 +248,7 @@ class Durability:
             )
             return len(records)
 
-    def _take(self, sessions: list[Session], full: bool) -> tuple[list[_Taken], list[int]]:
+    def _take(self, sessions: list[Session], full: bool) -> tuple[list[Taken], list[int]]:
         """Idle sessions that changed (or all), with what is written of them; the
         caller queues their read before the loop runs anything else."""
         now_wall, now = time.time(), time.monotonic()
@@ -208,7 +263,7 @@ class Durability:
             if s.last_reply is not None:
                 replay = (s.last_request_id, s.last_step_before, s.last_reply)
             taken.append(
-                _Taken(
+                Taken(
                     s.session_id,
                     s.tenant,
                     s.key,
@@ -234,8 +289,8 @@ def _array(value: np.ndarray | None) -> ArrayRecord | None:
     return ArrayRecord(value.dtype.str, tuple(value.shape), value.tobytes())
 
 
-def _encode_all(
-    spec: ModelSpec, taken: list[_Taken], states: torch.Tensor
+def encode_all(
+    spec: ModelSpec, taken: list[Taken], states: torch.Tensor
 ) -> list[tuple[str, bytes]]:
     shape = (spec.num_layers, spec.hidden_size)
     raw = states.view(torch.uint8).numpy() if states.numel() else None

@@ -193,6 +193,14 @@ class Unauthenticated(SeqinferError):
     reason = "UNAUTHENTICATED"
 
 
+class StoreUnavailable(SeqinferError):
+    """Write-through: the state store did not commit a batch, so its replies are
+    withheld (the steps are applied in memory; a retry with ``expected_step``
+    replays once they are committed)."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
 def draining() -> Draining:
     """The refusal of new work while the server (or this front end) drains."""
     return Draining("server is shutting down; retry on another replica")

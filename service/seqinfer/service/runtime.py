@@ -228,12 +228,8 @@ class ModelRuntime:
         states that match those counters, since any later batch of theirs
         queues behind this read.
         """
-        return self.worker.submit(self._gather, slots)
-
-    def _gather(self, slots: list[int]) -> torch.Tensor:
-        tensor = self.slab.tensor  # read here, in worker order (growth replaces it)
-        index = torch.tensor(slots, dtype=torch.long, device=tensor.device)
-        return tensor.index_select(1, index).transpose(0, 1).contiguous().to("cpu")
+        # gather reads slab.tensor when it runs, in worker order (growth replaces it).
+        return self.worker.submit(self.slab.gather, slots)
 
     async def restore_sessions(
         self,

@@ -17,7 +17,10 @@ The scheduler is the only writer of a session's step counter, replay record
 steps write them in ``_complete``, fork and import through ``set_counter``,
 a restore from a state store through ``restore``.
 That is what makes ``expected_step`` exact: nothing else moves the counter
-between the check in ``_admit_next`` and the step's completion.
+between the check in ``checks.first_runnable`` and the step's completion.
+
+With durability ``write-through`` (``committer``), a batch's new states are
+committed to the store between its compute and its replies.
 
 Queued work is bounded per model and per session, in requests and in input
 bytes (``queues``: ``submit`` raises QUEUE_FULL).
@@ -33,19 +36,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from seqinfer.service.bounds import MAX_STEP
+import torch
+
+from seqinfer.service.checks import first_runnable
 from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine
-from seqinfer.service.errors import (
-    DeadlineExceeded,
-    SeqinferError,
-    SessionNotFound,
-    StepGap,
-    StepLimit,
-    draining,
-    echo,
-    internal,
-)
+from seqinfer.service.errors import SeqinferError, SessionNotFound, draining, internal
 from seqinfer.service.observer import Observer
 from seqinfer.service.protocol import StepOutcome
 from seqinfer.service.queues import StepQueues
@@ -53,6 +50,9 @@ from seqinfer.service.sessions import Session, SessionTable
 from seqinfer.service.slab import StateSlab
 from seqinfer.service.work import StepItem, engine_items
 from seqinfer.service.worker import SerialWorker
+
+if TYPE_CHECKING:
+    from seqinfer.service.commits import WriteThrough
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class Scheduler:
         self.in_flight = 0
         self.draining = False
         self._task: asyncio.Task[None] | None = None
+        # Durability write-through: a batch's replies wait for its commit.
+        self.committer: WriteThrough | None = None
 
     # -------------------------------------------------------------- intake --
 
@@ -223,14 +225,19 @@ class Scheduler:
         items = engine_items(batch)
         try:
             if self._inline(batch):
-                results = self._compute(items)
+                results, states = self._compute(items)
             else:
-                results = await self.worker.run(self._compute, items)
+                results, states = await self.worker.run(self._compute, items)
         except Exception as exc:  # a server fault, never the caller's
             log.exception("engine failed on a batch of %d", len(batch))
             self._fail_batch(batch, exc)
         else:
-            self._complete(batch, results, started)
+            done = time.monotonic()
+            outcomes = self._outcomes(batch, results)
+            refusal = None
+            if self.committer is not None and states is not None:
+                refusal = await self.committer.commit(batch, outcomes, states, done)
+            self._complete(batch, outcomes, started, done, refusal)
         self.in_flight = 0
 
     def _parts(self, batch: list[StepItem]) -> tuple[list[StepItem], ...]:
@@ -249,10 +256,17 @@ class Scheduler:
             return False
         return self.worker.idle()
 
-    def _compute(self, items: list[EngineItem]) -> list[EngineResult]:
+    def _compute(self, items: list[EngineItem]) -> tuple[list[EngineResult], torch.Tensor | None]:
         # Read the slab when the batch runs, in worker order: a growth queued ahead
         # of this batch replaces the tensor, and the batch must write to the new one.
-        return self.engine.run(self.slab.tensor, items)
+        results = self.engine.run(self.slab.tensor, items)
+        if self.committer is None:
+            return results, None
+        # The states to commit, read in the same worker call: exactly this batch's.
+        return results, self.slab.gather([item.slot for item in items])
+
+    def _uncommitted(self, session: Session) -> bool:
+        return self.committer is not None and self.committer.uncommitted(session)
 
     async def _fill_window(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give a small batch a chance to grow before it runs."""
@@ -277,7 +291,9 @@ class Scheduler:
         ready = self._ready
         while ready and len(batch) < self.max_batch_size:
             session = ready.popleft()
-            item = self._admit_next(session, now)
+            item = first_runnable(
+                session, now, self.queues, self.observer, self.model_key, self._uncommitted
+            )
             if item is not None:
                 session.busy = True
                 batch.append(item)
@@ -285,79 +301,45 @@ class Scheduler:
                 self._close_if_idle(session)
         return batch
 
-    def _admit_next(self, session: Session, now: float) -> StepItem | None:
-        """The session's first item that may run now; the rest are answered here."""
-        while session.pending:
-            item = self.queues.pop(session)
-            # Deadline first: gRPC cancels a call whose deadline passed, so its
-            # future is already done here, yet the cause is the deadline.
-            if item.deadline is not None and now >= item.deadline:
-                self.observer.request_rejected(self.model_key, "deadline")
-                item.refuse(
-                    DeadlineExceeded("deadline passed before the step was computed; not applied")
-                )
-                continue
-            if item.abandoned():  # the caller cancelled: nothing applied
-                self.observer.request_rejected(self.model_key, "cancelled")
-                continue
-            if item.expected_step is not None and item.expected_step != session.step:
-                if (
-                    item.request_id
-                    and item.request_id == session.last_request_id
-                    and item.expected_step == session.last_step_before
-                    and session.last_reply is not None
-                ):
-                    item.answer(session.last_reply.copy(replayed=True))
-                    continue
-                self.observer.request_rejected(self.model_key, "step_gap")
-                item.refuse(
-                    StepGap(
-                        f"expected_step {item.expected_step} but session "
-                        f"{session.session_id!r} is at step {session.step}",
-                        current_step=session.step,
-                    )
-                )
-                continue
-            if not item.reset and session.step + item.timesteps > MAX_STEP:
-                # Checked here, against the exact counter, so it can never overflow.
-                self.observer.request_rejected(self.model_key, "invalid")
-                item.refuse(
-                    StepLimit(
-                        f"T = {item.timesteps} would take the step counter of session "
-                        f"{echo(session.session_id)} from {session.step} past its maximum "
-                        f"{MAX_STEP}; not applied (reset the session to go on)",
-                        current_step=session.step,
-                        max_step=MAX_STEP,
-                    )
-                )
-                continue
-            return item
-        return None
-
     # ---------------------------------------------------------- completion --
 
-    def _complete(self, batch: list[StepItem], results: list[EngineResult], started: float) -> None:
-        done = time.monotonic()
-        timesteps = 0
-        key = self.model_key
-        observer = self.observer
-        touch = self.table.touch
-        closing: list[Session] = []
-        for item, result in zip(batch, results):
-            session = item.session
-            session.busy = False
-            counter_before = session.step
-            session.step = (0 if item.reset else counter_before) + item.timesteps
-            timesteps += item.timesteps
-            outcome = StepOutcome(
-                session.session_id,
+    @staticmethod
+    def _outcomes(batch: list[StepItem], results: list[EngineResult]) -> list[StepOutcome]:
+        """Each item's reply, with the counter it takes its session to (not yet applied)."""
+        return [
+            StepOutcome(
+                item.session.session_id,
                 item.request_id,
-                session.step,
+                (0 if item.reset else item.session.step) + item.timesteps,
                 result.outputs,
                 result.state,
                 item.created,
                 item.end,
             )
+            for item, result in zip(batch, results)
+        ]
+
+    def _complete(
+        self,
+        batch: list[StepItem],
+        outcomes: list[StepOutcome],
+        started: float,
+        done: float,
+        refusal: SeqinferError | None,
+    ) -> None:
+        """Apply each item's counter and replay record, then answer it (or, when
+        its commit failed, refuse it with ``refusal``: applied, not yet kept)."""
+        timesteps = 0
+        key = self.model_key
+        observer = self.observer
+        touch = self.table.touch
+        closing: list[Session] = []
+        for item, outcome in zip(batch, outcomes):
+            session = item.session
+            session.busy = False
+            counter_before = session.step
+            session.step = outcome.step
+            timesteps += item.timesteps
             if item.request_id:
                 session.last_request_id = item.request_id
                 session.last_step_before = counter_before
@@ -374,7 +356,10 @@ class Scheduler:
                     self._ready.append(session)
                 elif session.close_waiter is not None:
                     closing.append(session)
-            item.answer(outcome)
+            if refusal is None:
+                item.answer(outcome)
+            else:
+                item.refuse(refusal)
             observer.request_completed(
                 key, item.timesteps, done - item.enqueued_at, started - item.enqueued_at
             )

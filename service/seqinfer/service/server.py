@@ -11,6 +11,7 @@ from importlib import metadata
 
 import torch
 
+from seqinfer.service.commits import attach_write_through
 from seqinfer.service.config import Settings, torch_thread_count
 from seqinfer.service.durability import Durability
 from seqinfer.service.engine_client import LocalEngine
@@ -129,12 +130,19 @@ class SeqinferServer:
         self.engine.router.model(default)  # fail at start-up, not on the first request
         for runtime in runtimes:
             await runtime.start()
-        if settings.durability == "snapshot":
+        if settings.durability != "none":
             from seqinfer.service.store import SqliteStore
 
             assert settings.state_dir is not None  # Settings requires it
-            store = await asyncio.to_thread(SqliteStore, settings.state_dir)
-            self._durability = Durability(store, runtimes, settings.snapshot_interval_seconds)
+            write_through = settings.durability == "write-through"
+            store = await asyncio.to_thread(
+                SqliteStore, settings.state_dir, "FULL" if write_through else "NORMAL"
+            )
+            self._durability = Durability(
+                store, runtimes, settings.snapshot_interval_seconds, write_through
+            )
+            if write_through:
+                attach_write_through(self._durability, runtimes, self.observer)
             # Before serving: a client's first step finds its session already back.
             await self._durability.restore()
             self._durability.start()

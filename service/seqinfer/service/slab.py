@@ -120,6 +120,12 @@ class StateSlab:
         # In the model's dtype, whatever precision the engine runs in.
         return self.tensor[:, slot].to("cpu", self._engine.spec.torch_dtype, copy=True)
 
+    def gather(self, slots: list[int]) -> torch.Tensor:
+        """The states of ``slots`` as one CPU tensor ``[n, layers, hidden]`` (worker thread)."""
+        tensor = self.tensor
+        index = torch.tensor(slots, dtype=torch.long, device=tensor.device)
+        return tensor.index_select(1, index).transpose(0, 1).contiguous().to("cpu")
+
     def copy(self, source_slot: int, target_slot: int) -> None:
         self.tensor[:, target_slot] = self.tensor[:, source_slot]
 

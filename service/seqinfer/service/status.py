@@ -42,6 +42,7 @@ CODES: Mapping[pb.ErrorReason.ValueType, grpc.StatusCode] = MappingProxyType(
         pb.INTERNAL_ERROR: _C.INTERNAL,
         pb.UNAUTHENTICATED: _C.UNAUTHENTICATED,
         pb.TENANT_QUOTA: _C.RESOURCE_EXHAUSTED,
+        pb.STORE_UNAVAILABLE: _C.UNAVAILABLE,
     }
 )
 """The gRPC code of every ``ErrorReason`` (by enum value)."""

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 STORE_FILE = "sessions.sqlite3"
 
@@ -42,7 +42,7 @@ class StateStore(Protocol):
 class SqliteStore:
     """``<state_dir>/sessions.sqlite3``: one table, session id → record bytes."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / STORE_FILE
         self._lock = threading.Lock()
@@ -52,12 +52,15 @@ class SqliteStore:
         # WAL: a snapshot's transaction does not block a reader (the sessions
         # CLI, a backup), and a crash mid-write leaves the last commit intact.
         self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL, not FULL: in WAL mode a commit is then atomic and survives a
-        # crash of the process (what snapshots guard against), and may be lost
-        # only with the machine's power, which loses the last snapshot at most,
-        # within what the snapshot mode promises anyway. FULL would fsync every
-        # commit for nothing the mode promises.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # In WAL mode both levels make a commit atomic and keep it through a
+        # crash of the process: the commit is in the OS's file cache when
+        # write() returns. They differ on a crash of the machine (power, kernel):
+        # NORMAL syncs the WAL only at checkpoints, so the last commits may go;
+        # FULL syncs at every commit. Snapshot mode takes NORMAL: losing the last
+        # snapshot with the machine is within what the mode promises. Write-through
+        # takes FULL, because there a commit stands for a reply already sent; with
+        # group commit that is one fsync per batch, not per step.
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS sessions "
             "(session_id TEXT PRIMARY KEY, record BLOB NOT NULL)"

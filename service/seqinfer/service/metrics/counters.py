@@ -53,6 +53,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "draining",
     "step_gap",
     "quota",
+    "store",
 )
 # grpc.StatusCode names, spelled out so that this module needs no grpc import to validate.
 STATUS_CODES: frozenset[str] = frozenset(
