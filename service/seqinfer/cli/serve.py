@@ -41,13 +41,21 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG | INFO | WARNING | ERROR.")] = None,
     durability: Annotated[
-        str | None, typer.Option(help="none | snapshot: keep sessions across restarts.")
+        str | None,
+        typer.Option(help="none | snapshot | write-through: keep sessions across restarts."),
     ] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="Directory of the session store (with --durability).")
     ] = None,
     snapshot_interval_seconds: Annotated[
         float | None, typer.Option(help="Seconds between snapshots; 0 = on shutdown only.")
+    ] = None,
+    sync_commits: Annotated[
+        bool | None,
+        typer.Option(
+            "--sync-commits/--no-sync-commits",
+            help="write-through: fsync each batch's commit [default: on].",
+        ),
     ] = None,
     frontends: Annotated[
         str | None,
@@ -82,6 +90,7 @@ def serve(
             durability=durability,
             state_dir=state_dir,
             snapshot_interval_seconds=snapshot_interval_seconds,
+            sync_commits=sync_commits,
             frontends=None if frontends in (None, "auto") else _count(frontends),
         )
     except ConfigError as exc:

@@ -196,6 +196,14 @@ class Settings(BaseSettings):
         "how often what no step wrote (forks, imports, closed sessions) is written.",
     )
 
+    sync_commits: bool = Field(
+        True,
+        description="With durability write-through: fsync every batch's commit (SQLite "
+        "synchronous=FULL), so a crash of the machine loses no acknowledged step either; "
+        "false: synchronous=NORMAL, acknowledged steps survive a crash of the process, the "
+        "last commits may be lost with the machine (faster: see docs/durability.md).",
+    )
+
     @field_validator("frontends")
     @classmethod
     def _frontends(cls, value: int | str) -> int | str:

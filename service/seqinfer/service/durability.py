@@ -95,30 +95,41 @@ class Durability:
         self.on_written: Callable[[list[str]], None] | None = None
 
     def submit_write(
-        self, records: list[tuple[str, bytes]], deletes: list[str], markers: dict[str, Marker]
+        self,
+        records: list[tuple[str, bytes]] | Callable[[], list[tuple[str, bytes]]],
+        deletes: list[str],
+        markers: dict[str, Marker],
     ) -> asyncio.Future[None]:
         """Queue one transaction on the store thread; once it is committed the
-        markers say what the store holds (the caller awaits the future)."""
+        markers say what the store holds (the caller awaits the future).
+
+        ``records`` may be a function that makes them, run on the store thread
+        first: a commit then costs one thread hand-off, not two.
+        """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
-        def committed(result: asyncio.Future[None]) -> None:
+        def write() -> list[str]:
+            made = records() if callable(records) else records
+            self.store.write(made, deletes)
+            return [key for key, _ in made]
+
+        def committed(result: asyncio.Future[list[str]]) -> None:
             error = result.exception()
             if error is not None:
                 if not done.done():
                     done.set_exception(error)
                 return
+            written = result.result()
             for key in deletes:
                 self._written.pop(key, None)
-            self._written.update((key, markers[key]) for key, _ in records if key in markers)
+            self._written.update((key, markers[key]) for key in written if key in markers)
             if self.on_written is not None:
-                self.on_written([key for key, _ in records])
+                self.on_written(written)
             if not done.done():
                 done.set_result(None)
 
-        loop.run_in_executor(self._io, self.store.write, records, deletes).add_done_callback(
-            committed
-        )
+        loop.run_in_executor(self._io, write).add_done_callback(committed)
         return done
 
     def held(self, key: str) -> Marker | None:

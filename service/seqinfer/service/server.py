@@ -136,7 +136,9 @@ class SeqinferServer:
             assert settings.state_dir is not None  # Settings requires it
             write_through = settings.durability == "write-through"
             store = await asyncio.to_thread(
-                SqliteStore, settings.state_dir, "FULL" if write_through else "NORMAL"
+                SqliteStore,
+                settings.state_dir,
+                "FULL" if write_through and settings.sync_commits else "NORMAL",
             )
             self._durability = Durability(
                 store, runtimes, settings.snapshot_interval_seconds, write_through

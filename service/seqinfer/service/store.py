@@ -58,8 +58,10 @@ class SqliteStore:
         # NORMAL syncs the WAL only at checkpoints, so the last commits may go;
         # FULL syncs at every commit. Snapshot mode takes NORMAL: losing the last
         # snapshot with the machine is within what the mode promises. Write-through
-        # takes FULL, because there a commit stands for a reply already sent; with
-        # group commit that is one fsync per batch, not per step.
+        # takes FULL (setting sync_commits), because there a commit stands for a
+        # reply already sent; with group commit that is one fsync per batch, not
+        # per step. sync_commits=false gives write-through NORMAL: the process
+        # may crash at any point without losing an acknowledged step.
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS sessions "
