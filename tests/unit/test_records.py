@@ -97,3 +97,32 @@ def test_check_fits_names_model_dtype_and_shape():
         check_fits(record, "bench-gru", "1", "float16", (2, 8))
     with pytest.raises(RecordError, match=r"shape \[2, 8\] does not match"):
         check_fits(record, "bench-gru", "1", "float32", (2, 16))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'quote " and backslash \\', "tab\tnewline\n\x00\x1f", "ünï😀cödé", ""],
+)
+def test_the_hand_written_meta_is_the_json_json_dumps_would_write(text: str):
+    import dataclasses
+    import json
+
+    base = _record()
+    assert base.replay is not None
+    record = dataclasses.replace(
+        base,
+        session_id=f"s{text}",
+        tenant=text,
+        model_version=text or "1",
+        idle_ttl=float("inf") if text == "" else 0.1 + 0.2,
+        replay=dataclasses.replace(base.replay, request_id=text, created=True),
+    )
+    data = record.encode()
+    assert SessionRecord.decode(data) == record
+    (head_len,) = struct.unpack_from("<I", data, struct.calcsize("<4sHIQ"))
+    start = struct.calcsize("<4sHIQ") + 4
+    meta = json.loads(data[start : start + head_len])
+    assert meta["session_id"] == record.session_id and meta["tenant"] == text
+    assert meta["replay"]["request_id"] == text and meta["replay"]["created"] is True
+    assert meta["idle_ttl"] == record.idle_ttl
+    assert meta["state"] == {"dtype": "float32", "shape": [2, 8], "size": STATE.nbytes}

@@ -296,15 +296,17 @@ class Durability:
 def _array(value: np.ndarray | None) -> ArrayRecord | None:
     if value is None:
         return None
-    value = np.ascontiguousarray(value)
-    return ArrayRecord(value.dtype.str, tuple(value.shape), value.tobytes())
+    # tobytes is C order whatever the array's layout.
+    return ArrayRecord(value.dtype.str, value.shape, value.tobytes())
 
 
 def encode_all(
     spec: ModelSpec, taken: list[Taken], states: torch.Tensor
 ) -> list[tuple[str, bytes]]:
     shape = (spec.num_layers, spec.hidden_size)
-    raw = states.view(torch.uint8).numpy() if states.numel() else None
+    # One copy of all the states, then a slice each: cheaper than a tobytes per row.
+    raw = states.contiguous().view(torch.uint8).numpy().tobytes() if states.numel() else b""
+    size = len(raw) // len(taken) if taken else 0
     out = []
     for i, t in enumerate(taken):
         replay = None
@@ -323,7 +325,7 @@ def encode_all(
             session_id=t.session_id,
             model=spec.name,
             model_version=spec.version,
-            state=ArrayRecord(spec.dtype, shape, b"" if raw is None else raw[i].tobytes()),
+            state=ArrayRecord(spec.dtype, shape, raw[i * size : (i + 1) * size]),
             step=t.step,
             idle_ttl=t.idle_ttl,
             created_at=t.created_at,
