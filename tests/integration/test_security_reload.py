@@ -22,7 +22,7 @@ from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 from tests.certs import Authority
 from tests.serve_process import ServeProcess, serve_args
-from tests.support import make_model, running_server, to_tensor, wait_until
+from tests.support import make_model, running_server, to_tensor
 
 MODEL = make_model("dense", name="m", seed=3)
 X = to_tensor(np.ones((1, 8), np.float32))

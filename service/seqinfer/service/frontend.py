@@ -14,8 +14,9 @@ an IPC message for its metrics.
 Ports: all front ends bind the public port with SO_REUSEPORT, and the
 kernel spreads connections (not requests) over them; each also binds a port
 of its own, so that a client can spread its channels evenly (the client's
-``addresses``). SIGHUP: the TLS files are read again (``security``). SIGTERM: health turns NOT_SERVING, new work gets DRAINING,
-calls in flight finish within the grace period, exit 0.
+``addresses``). SIGHUP: the TLS files are read again (``security``).
+SIGTERM: health turns NOT_SERVING, new work gets DRAINING, calls in flight
+finish within the grace period, exit 0.
 """
 
 from __future__ import annotations

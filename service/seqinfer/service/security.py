@@ -1,4 +1,4 @@
-"""What a server exposed beyond loopback needs: TLS (optionally mutual), its reload, its token table.
+"""What a server exposed beyond loopback needs: TLS (mutual or not, reloadable) and its tokens.
 
 Both are read once at start-up, before any model is loaded, so a missing
 certificate or a malformed token file stops the server at once with the
