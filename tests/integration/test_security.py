@@ -222,3 +222,64 @@ def test_tenant_quotas_refuse_with_tenant_quota_and_apply_nothing(tokens):
             assert api.GetSession(pb.GetSessionRequest(session_id="c"), metadata=carol).step == 1
             # Bob's steps are not slowed by Carol's quota.
             assert api.Step(pb.StepRequest(session_id="b2", inputs=X), metadata=bob).step == 1
+
+
+# ------------------------------------------------------ model allow-list --
+
+
+def test_a_tenant_sees_and_uses_only_its_allowed_models(tmp_path):
+    alice, bob = new_token(), new_token()
+    path = tmp_path / "tokens"
+    path.write_text(f"{token_hash(alice)} alice models=m\n{token_hash(bob)} bob\n")
+    other = make_model("dense", name="other", seed=22)
+    with running_server([MODEL, other], auth_token_file=path, default_model="m") as server:
+        with grpc.insecure_channel(server.address) as channel:
+            api = pb_grpc.SeqinferStub(channel)
+            mine, all_ = _as(alice), _as(bob)
+            listed = api.ListModels(pb.ListModelsRequest(), metadata=mine).models
+            assert [m.name for m in listed] == ["m"]
+            everything = api.ListModels(pb.ListModelsRequest(), metadata=all_).models
+            assert sorted(m.name for m in everything) == ["m", "other"]
+            state = pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[2, 16], data=b"\0" * 128)
+
+            def probes(model: str) -> list[Any]:
+                return [
+                    lambda: api.GetModel(pb.GetModelRequest(name=model), metadata=mine),
+                    lambda: api.OpenSession(pb.OpenSessionRequest(model=model), metadata=mine),
+                    lambda: api.Step(
+                        pb.StepRequest(session_id="s", start=True, model=model, inputs=X),
+                        metadata=mine,
+                    ),
+                    lambda: api.ImportState(
+                        pb.ImportStateRequest(
+                            session_id="i", model=model, create=True, state=state
+                        ),
+                        metadata=mine,
+                    ),
+                ]
+
+            for forbidden, unknown in zip(probes("other"), probes("nosuch"), strict=True):
+                code, reason, message, metadata = _failure(forbidden)
+                assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
+                expected = _failure(unknown)
+                assert message.replace("other", "nosuch") == expected[2]
+                assert "other" not in message.replace("no model named 'other'", "")
+                assert {k: v.replace("other", "nosuch") for k, v in metadata.items()} == expected[3]
+                assert (code, reason) == expected[:2]
+            many = api.StepMany(
+                pb.StepManyRequest(
+                    steps=[pb.StepRequest(session_id="t", start=True, model="other", inputs=X)]
+                ),
+                metadata=mine,
+            )
+            error = many.results[0].error
+            assert error.code == grpc.StatusCode.NOT_FOUND.value[0]
+            assert error.message.startswith("no model named 'other'; served: m")
+            # The allowed model works for Alice, the other one for Bob.
+            assert (
+                api.Step(
+                    pb.StepRequest(session_id="s", start=True, model="m", inputs=X), metadata=mine
+                ).step
+                == 1
+            )
+            assert api.OpenSession(pb.OpenSessionRequest(model="other"), metadata=all_).session_id
