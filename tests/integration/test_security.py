@@ -283,3 +283,50 @@ def test_a_tenant_sees_and_uses_only_its_allowed_models(tmp_path):
                 == 1
             )
             assert api.OpenSession(pb.OpenSessionRequest(model="other"), metadata=all_).session_id
+
+
+# ----------------------------------------------------------- tenant label --
+
+
+def _scrape(observer: Any) -> str:
+    from prometheus_client import generate_latest
+
+    from seqinfer.service.metrics.exporter import build_registry
+
+    return generate_latest(build_registry(observer, list, version="test")).decode()
+
+
+@pytest.mark.parametrize("label", [False, True])
+def test_metrics_carry_a_tenant_label_only_when_allowed_and_never_a_token(tokens, label):
+    from seqinfer.service.metrics import PrometheusObserver
+
+    observer = PrometheusObserver()
+    alice, carol = _as(tokens["alice"]), _as(tokens["carol"])
+    settings = {"auth_token_file": tokens["file"], "metrics_tenant_label": label}
+    with running_server([MODEL], observer, **settings) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            api = pb_grpc.SeqinferStub(channel)
+            api.OpenSession(pb.OpenSessionRequest(model="m", session_id="sid-a"), metadata=alice)
+            api.Step(pb.StepRequest(session_id="sid-a", inputs=X), metadata=alice)
+            api.OpenSession(pb.OpenSessionRequest(model="m", session_id="sid-c"), metadata=carol)
+            api.Step(pb.StepRequest(session_id="sid-c", inputs=X), metadata=carol)
+            _failure(lambda: api.Step(pb.StepRequest(session_id="sid-c", inputs=X), metadata=carol))
+            _failure(lambda: api.ListModels(pb.ListModelsRequest(), metadata=_as("wrong")))
+    text = _scrape(observer)
+    series = [line for line in text.splitlines() if line.startswith("seqinfer_tenant_requests")]
+    for secret in (tokens["alice"], tokens["carol"], "wrong", "sid-a", "sid-c"):
+        assert secret not in text
+    if not label:
+        assert series == []
+        assert 'tenant="' not in text
+        return
+    counts = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in series}
+    assert counts == {
+        'seqinfer_tenant_requests_total{code="OK",method="OpenSession",tenant="alice"}': 1.0,
+        'seqinfer_tenant_requests_total{code="OK",method="Step",tenant="alice"}': 1.0,
+        'seqinfer_tenant_requests_total{code="OK",method="OpenSession",tenant="carol"}': 1.0,
+        'seqinfer_tenant_requests_total{code="OK",method="Step",tenant="carol"}': 1.0,
+        'seqinfer_tenant_requests_total{code="RESOURCE_EXHAUSTED",method="Step",tenant="carol"}': (
+            1.0
+        ),
+    }

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables metrics."
     )
+    metrics_tenant_label: bool = Field(
+        False,
+        description="Also count gRPC calls by tenant (seqinfer_tenant_requests_total); "
+        "one series per tenant, method and code.",
+    )
     device: str = Field("auto", description="`auto` (cuda if present), `cpu`, `cuda`, `cuda:N`.")
     model_repository: Path | None = Field(
         None, description="Directory of model directories to serve besides the built-ins."

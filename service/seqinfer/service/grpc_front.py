@@ -65,7 +65,12 @@ class GrpcFront:
                 ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
             ]
         )
-        guard = CallGuard(observer, settings.max_concurrent_rpcs, tokens)
+        guard = CallGuard(
+            observer,
+            settings.max_concurrent_rpcs,
+            tokens,
+            tenant_label=settings.metrics_tenant_label,
+        )
         add_servicer(SeqinferServicer(engine, settings), self.server, guard)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -82,18 +82,18 @@ class _Port:
     and a slot, of its own: a reload reaches every port.
     """
 
-    __slots__ = ("credentials", "pending")
+    __slots__ = ("credentials", "queued")
 
     def __init__(self, initial: grpc.ServerCertificateConfiguration, require: bool) -> None:
-        self.pending: grpc.ServerCertificateConfiguration | None = None
+        self.queued: grpc.ServerCertificateConfiguration | None = None
         self.credentials = grpc.dynamic_ssl_server_credentials(
             initial, self._fetch, require_client_authentication=require
         )
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         # Called by gRPC before each handshake: None keeps the current configuration.
-        pending, self.pending = self.pending, None
-        return pending
+        queued, self.queued = self.queued, None
+        return queued
 
 
 class ServerTls:
@@ -120,7 +120,7 @@ class ServerTls:
             return False
         self._current = configuration
         for port in self._ports:
-            port.pending = configuration
+            port.queued = configuration
         self.reloads += 1
         log.info("TLS reload: new connections use %s", self.settings.tls_cert_file)
         return True
