@@ -330,3 +330,54 @@ def test_metrics_carry_a_tenant_label_only_when_allowed_and_never_a_token(tokens
             1.0
         ),
     }
+
+
+def test_logs_never_print_a_token(tokens, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    stranger = new_token()
+    with running_server([MODEL], auth_token_file=tokens["file"], log_level="DEBUG") as server:
+        with grpc.insecure_channel(server.address) as channel:
+            api = pb_grpc.SeqinferStub(channel)
+            alice = _as(tokens["alice"])
+            api.OpenSession(pb.OpenSessionRequest(model="m", session_id="s"), metadata=alice)
+            api.Step(pb.StepRequest(session_id="s", inputs=X), metadata=alice)
+            _failure(
+                lambda: api.Step(pb.StepRequest(session_id="nosuch", inputs=X), metadata=alice)
+            )
+            for metadata in (_as(stranger), (("authorization", f"Basic {stranger}"),)):
+                _failure(lambda m=metadata: api.ListModels(pb.ListModelsRequest(), metadata=m))
+            stream = api.StreamSteps(iter([pb.StepRequest(session_id="s")]), metadata=_as(stranger))
+            with pytest.raises(grpc.RpcError):
+                list(stream)
+    assert any("serving" in r.getMessage() for r in caplog.records)  # the capture works
+    for secret in (tokens["alice"], stranger, token_hash(tokens["alice"])):
+        assert secret not in caplog.text
+
+
+# --------------------------------------------------------- metrics TLS --
+
+
+def test_the_metrics_endpoint_serves_https_only_with_its_certificate(pki, tmp_path):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from tests.serve_process import free_port
+
+    port = free_port()
+    cert, key = pki["server"]["tls_cert_file"], pki["server"]["tls_key_file"]
+    settings = {"metrics_port": port, "metrics_tls_cert_file": cert, "metrics_tls_key_file": key}
+    trusted = ssl.create_default_context(cadata=pki["ca"].decode())
+    stranger = ssl.create_default_context(cadata=pki["stranger"].pem.decode())
+    with running_server([MODEL], **settings):
+        url = f"https://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, context=trusted, timeout=20) as reply:
+            assert reply.status == 200 and b"seqinfer_build_info" in reply.read()
+        with pytest.raises(urllib.error.URLError) as untrusted:
+            urllib.request.urlopen(url, context=stranger, timeout=20)
+        assert isinstance(untrusted.value.reason, ssl.SSLCertVerificationError)
+        # Plain HTTP to the TLS port gets no metrics.
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read()

@@ -126,6 +126,21 @@ class ServerTls:
         return True
 
 
+def metrics_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The /metrics endpoint's TLS context, or None for plain HTTP (loopback by default)."""
+    if settings.metrics_tls_cert_file is None or settings.metrics_tls_key_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.metrics_tls_cert_file, settings.metrics_tls_key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise TokenFileError(
+            f"metrics_tls_cert_file {settings.metrics_tls_cert_file} / metrics_tls_key_file "
+            f"{settings.metrics_tls_key_file}: not a PEM certificate chain and its key: {exc}"
+        ) from None
+    return context
+
+
 def server_tls(settings: Settings) -> ServerTls | None:
     """TLS from the settings, or None for a plaintext server."""
     if settings.tls_cert_file is None or settings.tls_key_file is None:

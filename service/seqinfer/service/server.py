@@ -19,7 +19,7 @@ from seqinfer.service.grpc_front import GrpcFront
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
 from seqinfer.service.runtime import ModelRuntime
-from seqinfer.service.security import server_tls, token_table
+from seqinfer.service.security import metrics_tls, server_tls, token_table
 from seqinfer.service.tenants import TokenTable
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,11 @@ class SeqinferServer:
             from seqinfer.service.metrics import start_metrics_exporter
 
             exporter = start_metrics_exporter(
-                settings.metrics_host, settings.metrics_port, self.stats, version=version()
+                settings.metrics_host,
+                settings.metrics_port,
+                self.stats,
+                version=version(),
+                tls=metrics_tls(settings),
             )
             self._metrics = exporter
             self.observer = exporter.observer
