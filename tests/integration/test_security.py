@@ -222,3 +222,162 @@ def test_tenant_quotas_refuse_with_tenant_quota_and_apply_nothing(tokens):
             assert api.GetSession(pb.GetSessionRequest(session_id="c"), metadata=carol).step == 1
             # Bob's steps are not slowed by Carol's quota.
             assert api.Step(pb.StepRequest(session_id="b2", inputs=X), metadata=bob).step == 1
+
+
+# ------------------------------------------------------ model allow-list --
+
+
+def test_a_tenant_sees_and_uses_only_its_allowed_models(tmp_path):
+    alice, bob = new_token(), new_token()
+    path = tmp_path / "tokens"
+    path.write_text(f"{token_hash(alice)} alice models=m\n{token_hash(bob)} bob\n")
+    other = make_model("dense", name="other", seed=22)
+    with running_server([MODEL, other], auth_token_file=path, default_model="m") as server:
+        with grpc.insecure_channel(server.address) as channel:
+            api = pb_grpc.SeqinferStub(channel)
+            mine, all_ = _as(alice), _as(bob)
+            listed = api.ListModels(pb.ListModelsRequest(), metadata=mine).models
+            assert [m.name for m in listed] == ["m"]
+            everything = api.ListModels(pb.ListModelsRequest(), metadata=all_).models
+            assert sorted(m.name for m in everything) == ["m", "other"]
+            state = pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[2, 16], data=b"\0" * 128)
+
+            def probes(model: str) -> list[Any]:
+                return [
+                    lambda: api.GetModel(pb.GetModelRequest(name=model), metadata=mine),
+                    lambda: api.OpenSession(pb.OpenSessionRequest(model=model), metadata=mine),
+                    lambda: api.Step(
+                        pb.StepRequest(session_id="s", start=True, model=model, inputs=X),
+                        metadata=mine,
+                    ),
+                    lambda: api.ImportState(
+                        pb.ImportStateRequest(
+                            session_id="i", model=model, create=True, state=state
+                        ),
+                        metadata=mine,
+                    ),
+                ]
+
+            for forbidden, unknown in zip(probes("other"), probes("nosuch"), strict=True):
+                code, reason, message, metadata = _failure(forbidden)
+                assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
+                expected = _failure(unknown)
+                assert message.replace("other", "nosuch") == expected[2]
+                assert "other" not in message.replace("no model named 'other'", "")
+                assert {k: v.replace("other", "nosuch") for k, v in metadata.items()} == expected[3]
+                assert (code, reason) == expected[:2]
+            many = api.StepMany(
+                pb.StepManyRequest(
+                    steps=[pb.StepRequest(session_id="t", start=True, model="other", inputs=X)]
+                ),
+                metadata=mine,
+            )
+            error = many.results[0].error
+            assert error.code == grpc.StatusCode.NOT_FOUND.value[0]
+            assert error.message.startswith("no model named 'other'; served: m")
+            # The allowed model works for Alice, the other one for Bob.
+            assert (
+                api.Step(
+                    pb.StepRequest(session_id="s", start=True, model="m", inputs=X), metadata=mine
+                ).step
+                == 1
+            )
+            assert api.OpenSession(pb.OpenSessionRequest(model="other"), metadata=all_).session_id
+
+
+# ----------------------------------------------------------- tenant label --
+
+
+def _scrape(observer: Any) -> str:
+    from prometheus_client import generate_latest
+
+    from seqinfer.service.metrics.exporter import build_registry
+
+    return generate_latest(build_registry(observer, list, version="test")).decode()
+
+
+@pytest.mark.parametrize("label", [False, True])
+def test_metrics_carry_a_tenant_label_only_when_allowed_and_never_a_token(tokens, label):
+    from seqinfer.service.metrics import PrometheusObserver
+
+    observer = PrometheusObserver()
+    alice, carol = _as(tokens["alice"]), _as(tokens["carol"])
+    settings = {"auth_token_file": tokens["file"], "metrics_tenant_label": label}
+    with running_server([MODEL], observer, **settings) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            api = pb_grpc.SeqinferStub(channel)
+            api.OpenSession(pb.OpenSessionRequest(model="m", session_id="sid-a"), metadata=alice)
+            api.Step(pb.StepRequest(session_id="sid-a", inputs=X), metadata=alice)
+            api.OpenSession(pb.OpenSessionRequest(model="m", session_id="sid-c"), metadata=carol)
+            api.Step(pb.StepRequest(session_id="sid-c", inputs=X), metadata=carol)
+            _failure(lambda: api.Step(pb.StepRequest(session_id="sid-c", inputs=X), metadata=carol))
+            _failure(lambda: api.ListModels(pb.ListModelsRequest(), metadata=_as("wrong")))
+    text = _scrape(observer)
+    series = [line for line in text.splitlines() if line.startswith("seqinfer_tenant_requests")]
+    for secret in (tokens["alice"], tokens["carol"], "wrong", "sid-a", "sid-c"):
+        assert secret not in text
+    if not label:
+        assert series == []
+        assert 'tenant="' not in text
+        return
+    counts = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in series}
+    assert counts == {
+        'seqinfer_tenant_requests_total{code="OK",method="OpenSession",tenant="alice"}': 1.0,
+        'seqinfer_tenant_requests_total{code="OK",method="Step",tenant="alice"}': 1.0,
+        'seqinfer_tenant_requests_total{code="OK",method="OpenSession",tenant="carol"}': 1.0,
+        'seqinfer_tenant_requests_total{code="OK",method="Step",tenant="carol"}': 1.0,
+        'seqinfer_tenant_requests_total{code="RESOURCE_EXHAUSTED",method="Step",tenant="carol"}': (
+            1.0
+        ),
+    }
+
+
+def test_logs_never_print_a_token(tokens, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    stranger = new_token()
+    with running_server([MODEL], auth_token_file=tokens["file"], log_level="DEBUG") as server:
+        with grpc.insecure_channel(server.address) as channel:
+            api = pb_grpc.SeqinferStub(channel)
+            alice = _as(tokens["alice"])
+            api.OpenSession(pb.OpenSessionRequest(model="m", session_id="s"), metadata=alice)
+            api.Step(pb.StepRequest(session_id="s", inputs=X), metadata=alice)
+            _failure(
+                lambda: api.Step(pb.StepRequest(session_id="nosuch", inputs=X), metadata=alice)
+            )
+            for metadata in (_as(stranger), (("authorization", f"Basic {stranger}"),)):
+                _failure(lambda m=metadata: api.ListModels(pb.ListModelsRequest(), metadata=m))
+            stream = api.StreamSteps(iter([pb.StepRequest(session_id="s")]), metadata=_as(stranger))
+            with pytest.raises(grpc.RpcError):
+                list(stream)
+    assert any("serving" in r.getMessage() for r in caplog.records)  # the capture works
+    for secret in (tokens["alice"], stranger, token_hash(tokens["alice"])):
+        assert secret not in caplog.text
+
+
+# --------------------------------------------------------- metrics TLS --
+
+
+def test_the_metrics_endpoint_serves_https_only_with_its_certificate(pki, tmp_path):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from tests.serve_process import free_port
+
+    port = free_port()
+    cert, key = pki["server"]["tls_cert_file"], pki["server"]["tls_key_file"]
+    settings = {"metrics_port": port, "metrics_tls_cert_file": cert, "metrics_tls_key_file": key}
+    trusted = ssl.create_default_context(cadata=pki["ca"].decode())
+    stranger = ssl.create_default_context(cadata=pki["stranger"].pem.decode())
+    with running_server([MODEL], **settings):
+        url = f"https://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, context=trusted, timeout=20) as reply:
+            assert reply.status == 200 and b"seqinfer_build_info" in reply.read()
+        with pytest.raises(urllib.error.URLError) as untrusted:
+            urllib.request.urlopen(url, context=stranger, timeout=20)
+        assert isinstance(untrusted.value.reason, ssl.SSLCertVerificationError)
+        # Plain HTTP to the TLS port gets no metrics.
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read()

@@ -24,6 +24,15 @@ def test_tokens_name_their_tenant_and_the_file_holds_only_hashes(tmp_path: Path)
             table.tenant_of(wrong)
 
 
+def test_models_lists_the_only_models_a_tenant_may_use(tmp_path: Path):
+    path = tmp_path / "tokens"
+    path.write_text(f"{'a' * 64} acme models=m,n max_sessions=2\n{'b' * 64} open\n")
+    table = TokenTable.load(path)
+    assert table.tenants["acme"].models == frozenset({"m", "n"})
+    assert table.tenants["acme"].max_sessions == 2
+    assert table.tenants["open"].models is None
+
+
 @pytest.mark.parametrize(
     ("line", "needle"),
     [
@@ -34,6 +43,7 @@ def test_tokens_name_their_tenant_and_the_file_holds_only_hashes(tmp_path: Path)
         ("a" * 64 + " acme steps_per_second=fast", "must be a number"),
         ("a" * 64 + " acme max_sessions=-1", ">= 0"),
         ("a" * 64 + " acme steps_per_second=nan", "finite"),
+        ("a" * 64 + " acme models=", "at least one model"),
     ],
 )
 def test_a_bad_token_file_is_refused_with_its_line_named(tmp_path: Path, line: str, needle: str):

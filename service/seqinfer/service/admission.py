@@ -173,7 +173,7 @@ class Admission:
                     return runtime
         if not start:
             raise self.router.missing(session_id, tenant)
-        return self.router.model(model, version)
+        return self.router.model(model, version, tenant)
 
     # ----------------------------------------------------------- one step --
 
@@ -226,7 +226,7 @@ class Admission:
             if session is None:
                 if not start:
                     raise self.router.missing(session_id, tenant)
-                runtime = self.router.model(model, model_version)
+                runtime = self.router.model(model, model_version, tenant)
             try:
                 if self._draining():
                     raise draining()

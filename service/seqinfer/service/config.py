@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables metrics."
     )
+    metrics_tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) for /metrics; with its key, serve HTTPS only."
+    )
+    metrics_tls_key_file: Path | None = Field(
+        None, description="PEM private key of metrics_tls_cert_file."
+    )
+    metrics_tenant_label: bool = Field(
+        False,
+        description="Also count gRPC calls by tenant (seqinfer_tenant_requests_total); "
+        "one series per tenant, method and code.",
+    )
     device: str = Field("auto", description="`auto` (cuda if present), `cpu`, `cuda`, `cuda:N`.")
     model_repository: Path | None = Field(
         None, description="Directory of model directories to serve besides the built-ins."
@@ -222,6 +233,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.metrics_port and self.metrics_port == self.port and self.metrics_host == self.host:
             raise ValueError("metrics_port must differ from port")
+        if (self.metrics_tls_cert_file is None) != (self.metrics_tls_key_file is None):
+            raise ValueError("metrics_tls_cert_file and metrics_tls_key_file go together")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

@@ -62,8 +62,8 @@ class Admitted(NamedTuple):
 
 
 class EngineClient(Protocol):
-    async def models(self) -> list[ModelInfo]: ...
-    async def model(self, name: str, version: str = "") -> ModelInfo: ...
+    async def models(self, tenant: str = "") -> list[ModelInfo]: ...
+    async def model(self, name: str, version: str = "", tenant: str = "") -> ModelInfo: ...
     async def open(self, command: OpenCommand) -> SessionInfo: ...
     async def get(self, session_id: str, tenant: str = "") -> SessionInfo: ...
     async def close(self, session_id: str, tenant: str = "") -> int: ...
@@ -92,7 +92,8 @@ class LocalEngine:
         """``tenants``: the quotas by tenant name (none: no quotas)."""
         self.runtimes = runtimes
         self.settings = settings
-        self.router = Router(runtimes, default_model)
+        allowed = {n: t.models for n, t in (tenants or {}).items() if t.models is not None}
+        self.router = Router(runtimes, default_model, allowed)
         self.draining = False
         self.admission = Admission(self.router, settings, observer, lambda: self.draining, tenants)
 
@@ -113,11 +114,11 @@ class LocalEngine:
 
     # ------------------------------------------------------------ models --
 
-    async def models(self) -> list[ModelInfo]:
-        return [self._model_info(r) for r in self.router.runtimes]
+    async def models(self, tenant: str = "") -> list[ModelInfo]:
+        return [self._model_info(r) for r in self.router.visible(tenant)]
 
-    async def model(self, name: str, version: str = "") -> ModelInfo:
-        return self._model_info(self.router.model(name, version))
+    async def model(self, name: str, version: str = "", tenant: str = "") -> ModelInfo:
+        return self._model_info(self.router.model(name, version, tenant))
 
     def _model_info(self, runtime: ModelRuntime) -> ModelInfo:
         spec = runtime.spec
@@ -156,7 +157,7 @@ class LocalEngine:
     async def open(self, command: OpenCommand) -> SessionInfo:
         self._check_open()
         self._check_id(command.session_id, required=False)
-        runtime = self.router.model(command.model, command.model_version)
+        runtime = self.router.model(command.model, command.model_version, command.tenant)
         ttl = _ttl(command.idle_ttl)
         state = (
             None
@@ -214,7 +215,7 @@ class LocalEngine:
         except SeqinferError:
             if not command.create:
                 raise
-            runtime = self.router.model(command.model, command.model_version)
+            runtime = self.router.model(command.model, command.model_version, command.tenant)
             state = inputs.state_tensor(runtime.spec, command.state, "state")
             self.admission.check_session_quota(tenant)
             session = await runtime.create_session(command.session_id, None, state, tenant)
@@ -224,7 +225,7 @@ class LocalEngine:
         if command.create and command.model:
             # The id is another model's session: importing would overwrite it
             # with a state meant for the named model.
-            named = self.router.model(command.model, command.model_version)
+            named = self.router.model(command.model, command.model_version, command.tenant)
             if named is not runtime:
                 raise SessionExists(
                     f"session {command.session_id!r} already exists (model {runtime.key})",
@@ -247,7 +248,9 @@ class LocalEngine:
         admitted = self.try_step(command)
         while admitted is None:
             # Creating its session needs a bigger slab; grow (off the loop), retry.
-            await self._grow(self.router.model(command.model, command.model_version))
+            await self._grow(
+                self.router.model(command.model, command.model_version, command.tenant)
+            )
             admitted = self.try_step(command)
         return admitted
 
@@ -261,7 +264,9 @@ class LocalEngine:
             k = self.admission.admit_batch(batch, sink)
             while k < len(batch):
                 try:
-                    await self._grow(self.router.model(batch.models[k], batch.model_versions[k]))
+                    await self._grow(
+                        self.router.model(batch.models[k], batch.model_versions[k], batch.tenant)
+                    )
                 except SeqinferError as error:
                     sink.deliver(k, error)
                     k += 1

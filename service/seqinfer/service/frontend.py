@@ -14,8 +14,9 @@ an IPC message for its metrics.
 Ports: all front ends bind the public port with SO_REUSEPORT, and the
 kernel spreads connections (not requests) over them; each also binds a port
 of its own, so that a client can spread its channels evenly (the client's
-``addresses``). SIGTERM: health turns NOT_SERVING, new work gets DRAINING,
-calls in flight finish within the grace period, exit 0.
+``addresses``). SIGHUP: the TLS files are read again (``security``).
+SIGTERM: health turns NOT_SERVING, new work gets DRAINING, calls in flight
+finish within the grace period, exit 0.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from seqinfer.service.grpc_front import GrpcFront
 from seqinfer.service.metrics.frontends import FrontendMetrics
 from seqinfer.service.observer import NULL_OBSERVER, Observer
 from seqinfer.service.remote_engine import RemoteEngine
-from seqinfer.service.security import server_credentials, token_table
+from seqinfer.service.security import server_tls, token_table
 
 log = logging.getLogger(__name__)
 SERVING = "seqinfer-frontend: serving"
@@ -55,7 +56,7 @@ async def _main(settings: Settings, socket_path: str, index: int, counted: bool)
         engine,
         observer,
         token_table(settings),
-        server_credentials(settings),
+        server_tls(settings),
         share_port=True,
     )
     await front.start()
@@ -64,6 +65,8 @@ async def _main(settings: Settings, socket_path: str, index: int, counted: bool)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    # The supervisor forwards its SIGHUP here: each front end holds its own TLS.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, front.reload_certificates)
     print(f"{SERVING} {index} port {front.port} own_port {front.own_port}", flush=True)
     await stop.wait()
     engine.begin_drain()

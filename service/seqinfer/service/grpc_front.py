@@ -9,6 +9,8 @@ than the engine.
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -17,11 +19,13 @@ from seqinfer.service.engine_client import EngineClient
 from seqinfer.service.guard import CallGuard
 from seqinfer.service.observer import Observer
 from seqinfer.service.reflection import enable_reflection
+from seqinfer.service.security import ServerTls
 from seqinfer.service.servicer import SeqinferServicer
 from seqinfer.service.tenants import TokenTable
 from seqinfer.service.wire import add_servicer
 from seqinfer.v1 import seqinfer_pb2 as pb
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Seqinfer"].full_name
 
 
@@ -32,7 +36,7 @@ class GrpcFront:
         engine: EngineClient,
         observer: Observer,
         tokens: TokenTable | None,
-        credentials: grpc.ServerCredentials | None,
+        tls: ServerTls | None,
         *,
         share_port: bool = False,
     ) -> None:
@@ -40,7 +44,7 @@ class GrpcFront:
         ends on one port; the kernel spreads connections over them) and also
         a port of this front end's own."""
         self.settings = settings
-        self._credentials = credentials
+        self.tls = tls
         self._share_port = share_port
         limit = settings.max_message_bytes
         calls = settings.max_concurrent_rpcs
@@ -61,7 +65,12 @@ class GrpcFront:
                 ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
             ]
         )
-        guard = CallGuard(observer, settings.max_concurrent_rpcs, tokens)
+        guard = CallGuard(
+            observer,
+            settings.max_concurrent_rpcs,
+            tokens,
+            tenant_label=settings.metrics_tenant_label,
+        )
         add_servicer(SeqinferServicer(engine, settings), self.server, guard)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -71,10 +80,10 @@ class GrpcFront:
         self.own_port = 0
 
     def _bind(self, address: str) -> int:
-        if self._credentials is None:
+        if self.tls is None:
             port = self.server.add_insecure_port(address)
         else:
-            port = self.server.add_secure_port(address, self._credentials)
+            port = self.server.add_secure_port(address, self.tls.credentials())
         if port == 0:
             raise OSError(f"could not bind {address}")
         return port
@@ -87,6 +96,13 @@ class GrpcFront:
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def reload_certificates(self) -> bool:
+        """SIGHUP: new connections use the files as they are now (see ``security``)."""
+        if self.tls is None:
+            log.info("SIGHUP ignored: this server does not serve TLS")
+            return False
+        return self.tls.reload()
 
     async def not_serving(self) -> None:
         """Health reads NOT_SERVING from now on (the drain's first step)."""

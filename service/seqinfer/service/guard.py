@@ -54,11 +54,18 @@ def _bearer_token(context: grpc.aio.ServicerContext) -> str | None:
 
 class CallGuard:
     def __init__(
-        self, observer: Observer, max_concurrent_rpcs: int, tokens: TokenTable | None = None
+        self,
+        observer: Observer,
+        max_concurrent_rpcs: int,
+        tokens: TokenTable | None = None,
+        *,
+        tenant_label: bool = False,
     ) -> None:
+        """``tenant_label``: also count each call by its tenant (metrics_tenant_label)."""
         self.observer = observer
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.tokens = tokens
+        self.tenant_label = tenant_label and tokens is not None
         self.active = 0  # calls in a handler now
 
     def tenant(self, context: grpc.aio.ServicerContext) -> str:
@@ -111,12 +118,13 @@ class CallGuard:
 class _Call:
     """One call's accounting; ``fail`` turns what ended it into its status."""
 
-    __slots__ = ("code", "guard", "method", "started")
+    __slots__ = ("code", "guard", "method", "started", "tenant")
 
     def __init__(self, guard: CallGuard, method: str) -> None:
         self.guard = guard
         self.method = method
         self.code = "OK"
+        self.tenant: str | None = None  # known once the token is checked
         self.started = time.perf_counter()
         guard.observer.rpc_started(method)
         guard.active += 1
@@ -124,7 +132,7 @@ class _Call:
     def admit(self, context: grpc.aio.ServicerContext) -> str:
         """The caller's tenant, once the call may go on (a token, room for one more call)."""
         guard = self.guard
-        tenant = guard.tenant(context)
+        tenant = self.tenant = guard.tenant(context)
         if guard.active > guard.max_concurrent_rpcs:
             raise guard.overloaded()
         return tenant
@@ -147,5 +155,9 @@ class _Call:
         await context.abort_with_status(to_grpc_status(error))
 
     def end(self) -> None:
-        self.guard.active -= 1
-        self.guard.observer.rpc_finished(self.method, self.code, time.perf_counter() - self.started)
+        guard = self.guard
+        guard.active -= 1
+        guard.observer.rpc_finished(self.method, self.code, time.perf_counter() - self.started)
+        # The tenant's name, never its token: a call refused UNAUTHENTICATED has no tenant.
+        if guard.tenant_label and self.tenant is not None:
+            guard.observer.tenant_call_finished(self.tenant, self.method, self.code)

@@ -45,6 +45,10 @@ class Observer:
     def rpc_finished(self, method: str, code: str, seconds: float) -> None:
         """It finished with status ``code`` (a grpc.StatusCode name, e.g. "OK")."""
 
+    def tenant_call_finished(self, tenant: str, method: str, code: str) -> None:
+        """A call of a tenant (named by its token) finished with ``code``. Called only
+        with ``metrics_tenant_label`` on: tenant names are as many as the token file has."""
+
     def request_completed(
         self, model: str, timesteps: int, latency_seconds: float, queue_seconds: float
     ) -> None:

@@ -111,12 +111,12 @@ class RemoteEngine:
 
     # ----------------------------------------------------- EngineClient --
 
-    async def models(self) -> list[ModelInfo]:
-        result: list[ModelInfo] = await self._call("models")
+    async def models(self, tenant: str = "") -> list[ModelInfo]:
+        result: list[ModelInfo] = await self._call("models", tenant)
         return result
 
-    async def model(self, name: str, version: str = "") -> ModelInfo:
-        result: ModelInfo = await self._call("model", name, version)
+    async def model(self, name: str, version: str = "", tenant: str = "") -> ModelInfo:
+        result: ModelInfo = await self._call("model", name, version, tenant)
         return result
 
     async def open(self, command: OpenCommand) -> SessionInfo:

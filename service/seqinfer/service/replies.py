@@ -135,7 +135,7 @@ def batch_estimates(
                 break
         if runtime is None and batch.starts[k]:
             try:
-                runtime = router.model(batch.models[k], batch.model_versions[k])
+                runtime = router.model(batch.models[k], batch.model_versions[k], batch.tenant)
             except ModelNotFound:
                 pass
         mode = OUTPUT_MODES.get(batch.output_modes[k])

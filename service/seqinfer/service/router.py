@@ -1,13 +1,18 @@
 """Finds the model runtime for a command: by model name/version, or by session id (engine side).
 
 Session ids are unique across all models of a server, so a step request
-needs only the id. Lookup asks each model's table in turn: a server has a
-handful of models, and this keeps one index per session, not two.
+needs only the id. A tenant with a model allow-list (``models=`` in the
+token file) is routed as if only those models were served: any other name
+gets the very error, message included, of a name that is not served at all,
+so the list of another tenant's models does not leak. Lookup asks each
+model's table in turn: a server has a handful of models, and this keeps one
+index per session, not two.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from seqinfer.service.bounds import utf8_size
 from seqinfer.service.errors import (
@@ -28,20 +33,37 @@ def _version_key(version: str) -> tuple[tuple[int, object], ...]:
 
 
 class Router:
-    def __init__(self, runtimes: list[ModelRuntime], default_model: str) -> None:
+    def __init__(
+        self,
+        runtimes: list[ModelRuntime],
+        default_model: str,
+        allowed: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        """``allowed``: model names by tenant, for tenants limited to some (others see all)."""
         self.runtimes = runtimes
         self.default_model = default_model
+        self.allowed: Mapping[str, frozenset[str]] = allowed or {}
         self._by_name: dict[str, list[ModelRuntime]] = {}
         for runtime in runtimes:
             self._by_name.setdefault(runtime.spec.name, []).append(runtime)
         for versions in self._by_name.values():
             versions.sort(key=lambda r: _version_key(r.spec.version), reverse=True)
 
-    def model(self, name: str, version: str = "") -> ModelRuntime:
-        versions = self._by_name.get(name or self.default_model)
+    def visible(self, tenant: str = "") -> list[ModelRuntime]:
+        """The runtimes a tenant may see and use."""
+        allowed = self.allowed.get(tenant)
+        if allowed is None:
+            return self.runtimes
+        return [r for r in self.runtimes if r.spec.name in allowed]
+
+    def model(self, name: str, version: str = "", tenant: str = "") -> ModelRuntime:
+        wanted = name or self.default_model
+        allowed = self.allowed.get(tenant)
+        versions = self._by_name.get(wanted) if allowed is None or wanted in allowed else None
         if not versions:
+            names = self._by_name if allowed is None else allowed.intersection(self._by_name)
             raise ModelNotFound(
-                f"no model named {echo(name)}; served: {', '.join(sorted(self._by_name))}",
+                f"no model named {echo(name)}; served: {', '.join(sorted(names))}",
                 model=name,
             )
         if not version:

@@ -20,7 +20,7 @@ from seqinfer.service.grpc_front import GrpcFront
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
 from seqinfer.service.runtime import ModelRuntime
-from seqinfer.service.security import server_credentials, token_table
+from seqinfer.service.security import metrics_tls, server_tls, token_table
 from seqinfer.service.tenants import TokenTable
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,11 @@ class SeqinferServer:
 
     async def start(self) -> None:
         # Read before the models: a bad file stops the server at once.
-        credentials = server_credentials(self.settings)
+        tls = server_tls(self.settings)
         tokens = token_table(self.settings)
         await self.start_engine(tokens)
         assert self.engine is not None
-        front = GrpcFront(self.settings, self.engine, self.observer, tokens, credentials)
+        front = GrpcFront(self.settings, self.engine, self.observer, tokens, tls)
         await front.start()
         self.port = front.port
         self._front = front
@@ -118,7 +118,11 @@ class SeqinferServer:
             from seqinfer.service.metrics import start_metrics_exporter
 
             exporter = start_metrics_exporter(
-                settings.metrics_host, settings.metrics_port, self.stats, version=version()
+                settings.metrics_host,
+                settings.metrics_port,
+                self.stats,
+                version=version(),
+                tls=metrics_tls(settings),
             )
             self._metrics = exporter
             self.observer = exporter.observer
@@ -148,6 +152,10 @@ class SeqinferServer:
             # Before serving: a client's first step finds its session already back.
             await self._durability.restore()
             self._durability.start()
+
+    def reload_certificates(self) -> bool:
+        """Re-read the TLS files for new connections (SIGHUP); False keeps the old ones."""
+        return self._front is not None and self._front.reload_certificates()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work (UNAVAILABLE/DRAINING), NOT_SERVING, finish accepted
@@ -202,7 +210,7 @@ class SeqinferServer:
         self._stopped.set()
 
     async def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT, then drain and return.
+        """Run until SIGTERM/SIGINT, then drain and return; SIGHUP reloads the TLS files.
 
         If the grace period ended with steps unanswered, the process exits 1
         here: an engine thread still computing would keep Python from exiting.
@@ -212,6 +220,7 @@ class SeqinferServer:
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_certificates)
         print(f"seqinfer: serving on {self.address}", flush=True)
         await stop_requested.wait()
         log.info("signal received: draining")

@@ -45,13 +45,13 @@ class SeqinferServicer(pb_grpc.SeqinferServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Any, tenant: str = ""
     ) -> pb.ListModelsResponse:
-        models = await self.engine.models()
+        models = await self.engine.models(tenant)
         return pb.ListModelsResponse(models=[convert.model_to_pb(m) for m in models])
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: Any, tenant: str = ""
     ) -> pb.ModelInfo:
-        return convert.model_to_pb(await self.engine.model(request.name, request.version))
+        return convert.model_to_pb(await self.engine.model(request.name, request.version, tenant))
 
     # ---------------------------------------------------------- sessions --
 

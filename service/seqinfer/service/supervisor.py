@@ -17,6 +17,8 @@ fork.
   the front ends' own ports.
 - A front end that dies is started again, under the same index.
 - The engine dying ends everything, with exit 1 and a line saying so.
+- SIGHUP is forwarded to every front end, which re-reads its TLS files
+  (``security``); the engine has no port and is not told.
 - SIGTERM or SIGINT: every front end is stopped first (each turns health
   NOT_SERVING, refuses new work and lets its calls finish), then the engine
   drains; exit 0 when all of them exited 0.
@@ -116,6 +118,12 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_sighup)
+        if self.settings.metrics_tenant_label:
+            log.warning(
+                "metrics_tenant_label: front ends do not forward tenant counters yet; "
+                "seqinfer_tenant_requests_total stays empty under --frontends"
+            )
         self._engine = await self._spawn(ENGINE, self.settings)
         await self._first_line(self._engine, "seqinfer-engine: ready", "the engine")
         print(f"seqinfer: engine ready (pid {self._engine.pid})", flush=True)
@@ -157,6 +165,12 @@ class Supervisor:
                 index = exits[task]
                 log.error("front end %d exited (%s); starting it again", index, task.result())
                 await self._start_frontend(index, front_settings)
+
+    def _forward_sighup(self) -> None:
+        # Only the front ends hold TLS; the engine process has no gRPC port.
+        log.info("SIGHUP: reloading TLS files in %d front ends", len(self._fronts))
+        for process in self._fronts.values():
+            _signal(process, signal.SIGHUP)
 
     async def _stop_frontends(self) -> list[int]:
         for process in self._fronts.values():

@@ -8,7 +8,7 @@ whose keys are the ids themselves.
 
 The token file holds no secret in clear: one line per token,
 
-    <sha256 hex of the token> <tenant> [max_sessions=N] [steps_per_second=R]
+    <sha256 hex of the token> <tenant> [max_sessions=N] [steps_per_second=R] [models=a,b]
 
 with ``#`` comments and blank lines allowed. ``seqinfer token new`` prints a
 fresh token and its line. A presented token is hashed and compared with
@@ -60,6 +60,7 @@ class Tenant:
     name: str
     max_sessions: int = 0  # open sessions across all models; 0 = no quota
     steps_per_second: float = 0.0  # timesteps applied per second; 0 = no quota
+    models: frozenset[str] | None = None  # the model names it may see and use; None = all
 
 
 class TokenTable:
@@ -115,10 +116,16 @@ def _entry(words: list[str]) -> tuple[bytes, Tenant]:
     if not name.isprintable() or _SEPARATOR in name:
         raise ValueError("the tenant name must be printable text")
     limits: dict[str, float] = {}
+    models: frozenset[str] | None = None
     for option in options:
         key, _, value = option.partition("=")
+        if key == "models":
+            models = frozenset(filter(None, value.split(",")))
+            if not models:
+                raise ValueError("models= needs at least one model name (a,b,...)")
+            continue
         if key not in ("max_sessions", "steps_per_second"):
-            raise ValueError(f"unknown option {key!r} (max_sessions, steps_per_second)")
+            raise ValueError(f"unknown option {key!r} (max_sessions, steps_per_second, models)")
         try:
             number = float(value)
         except ValueError:
@@ -130,6 +137,7 @@ def _entry(words: list[str]) -> tuple[bytes, Tenant]:
         name,
         max_sessions=int(limits.get("max_sessions", 0)),
         steps_per_second=limits.get("steps_per_second", 0.0),
+        models=models,
     )
 
 

@@ -152,10 +152,16 @@ class PrometheusObserver(Observer):
         # Front end index -> its latest per-method snapshot (``serve --frontends K``).
         # Each entry is replaced whole, on the event loop; a scrape reads a copy.
         self._frontends: dict[str, dict[str, MethodCounters]] = {}
+        # (tenant, method) -> {code: calls}; filled only with metrics_tenant_label on.
+        self._tenants: dict[tuple[str, str], dict[str, int]] = {}
 
     def totals(self) -> tuple[dict[str, ModelCounters], dict[str, MethodCounters]]:
         """The per-model and per-method counters (copies of the tables; live counters)."""
         return dict(self._models), dict(self._methods)
+
+    def tenant_totals(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Calls by (tenant, method) and status code (a copy of the table)."""
+        return {key: codes.copy() for key, codes in self._tenants.items()}
 
     def frontend_totals(self) -> dict[str, dict[str, MethodCounters]]:
         """Each front end's latest per-method counters, by front end index (a copy)."""
@@ -204,6 +210,14 @@ class PrometheusObserver(Observer):
         h = m.duration
         h.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         h.total += seconds
+
+    def tenant_call_finished(self, tenant: str, method: str, code: str) -> None:
+        if code not in STATUS_CODES:
+            code = "UNKNOWN"
+        codes = self._tenants.get((tenant, method))
+        if codes is None:
+            codes = self._tenants.setdefault((tenant, method), {})
+        _bump(codes, code)
 
     def request_completed(
         self, model: str, timesteps: int, latency_seconds: float, queue_seconds: float

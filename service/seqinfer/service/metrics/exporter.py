@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import platform
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -97,8 +98,14 @@ def start_metrics_exporter(
     stats_provider: Callable[[], Iterable[RuntimeStats]],
     *,
     version: str,
+    tls: ssl.SSLContext | None = None,
 ) -> MetricsExporter:
-    """Serve /metrics on host:port (port 0: an ephemeral port, see ``.port``) in a thread."""
+    """Serve /metrics on host:port (port 0: an ephemeral port, see ``.port``) in a thread.
+
+    ``tls``: serve HTTPS only. The handshake is left to the first read, in the
+    scrape's own thread, so a client that connects and never speaks does not
+    hold up the accept loop (prometheus_client's own TLS does it in accept).
+    """
     observer = PrometheusObserver()
     registry = build_registry(observer, stats_provider, version=version)
     # Not prometheus_client.start_http_server: its loop polls every 0.5 s, so each
@@ -107,6 +114,10 @@ def start_metrics_exporter(
     server = make_server(
         host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler
     )
+    if tls is not None:
+        server.socket = tls.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": _POLL_SECONDS},
@@ -115,5 +126,6 @@ def start_metrics_exporter(
     )
     thread.start()
     bound_port = int(server.server_address[1])
-    log.info("metrics: serving http://%s:%d/metrics", host, bound_port)
+    scheme = "http" if tls is None else "https"
+    log.info("metrics: serving %s://%s:%d/metrics", scheme, host, bound_port)
     return MetricsExporter(observer, bound_port, registry, server, thread)

@@ -140,6 +140,13 @@ GRPC_DURATION = Family(
     "seqinfer_grpc_request_duration_seconds", "histogram",
     "Time from a call's (or stream item's) start to its status, by method.", ("method",),
 )
+# Events, per tenant: empty unless metrics_tenant_label is on (cardinality).
+TENANT_REQUESTS = Family(
+    "seqinfer_tenant_requests", "counter",
+    "gRPC calls finished, by tenant (from its token), method and status code; "
+    "only with metrics_tenant_label.",
+    ("tenant", "method", "code"),
+)
 # Events, per model.
 STEPS = Family("seqinfer_steps", "counter", "Timesteps computed, by model.", ("model",))
 REQUEST_TIMESTEPS = Family(
@@ -185,8 +192,9 @@ LEVELS: tuple[Family, ...] = (
     DEVICE_MEMORY,
 )  # fmt: skip
 EVENTS: tuple[Family, ...] = (
-    GRPC_REQUESTS, GRPC_IN_FLIGHT, GRPC_DURATION, STEPS, REQUEST_TIMESTEPS, STEP_LATENCY,
-    QUEUE_WAIT, BATCH_COMPUTE, BATCH_SIZE, ITERATIONS, SESSIONS_OPENED, SESSIONS_ENDED, REJECTED,
+    GRPC_REQUESTS, GRPC_IN_FLIGHT, GRPC_DURATION, TENANT_REQUESTS, STEPS, REQUEST_TIMESTEPS,
+    STEP_LATENCY, QUEUE_WAIT, BATCH_COMPUTE, BATCH_SIZE, ITERATIONS, SESSIONS_OPENED,
+    SESSIONS_ENDED, REJECTED,
 )  # fmt: skip
 # In the order a scrape shows them.
 FAMILIES: tuple[Family, ...] = (BUILD, *LEVELS, *EVENTS)
@@ -282,9 +290,14 @@ def event_families(
     models: dict[str, ModelCounters],
     methods: dict[str, MethodCounters],
     frontends: dict[str, dict[str, MethodCounters]] | None = None,
+    tenants: dict[tuple[str, str], dict[str, int]] | None = None,
 ) -> list[Metric]:
     """The EVENTS families, in that order, from the observer's counters."""
     requests, in_flight, duration = grpc_families(methods, frontends)
+    by_tenant = TENANT_REQUESTS.counter()
+    for (tenant, method), codes in sorted((tenants or {}).items()):
+        for code, count in sorted(codes.items()):
+            by_tenant.add_metric([tenant, method, code], count)
     steps = STEPS.counter()
     timesteps = REQUEST_TIMESTEPS.histogram()
     latency = STEP_LATENCY.histogram()
@@ -309,7 +322,7 @@ def event_families(
         for reason, count in c.rejected.copy().items():
             rejected.add_metric([model, reason], count)
     return [
-        requests, in_flight, duration, steps, timesteps, latency, queue_wait,
+        requests, in_flight, duration, by_tenant, steps, timesteps, latency, queue_wait,
         batch_seconds, batch_size, iterations, opened, ended, rejected,
     ]  # fmt: skip
 
@@ -341,4 +354,6 @@ class SeqinferCollector(Collector):
         # that rates and dashboards show 0 rather than nothing for an idle model.
         for s in stats:
             models.setdefault(s.model, ModelCounters())
-        yield from event_families(models, methods, self._observer.frontend_totals())
+        yield from event_families(
+            models, methods, self._observer.frontend_totals(), self._observer.tenant_totals()
+        )
