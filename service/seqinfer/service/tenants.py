@@ -9,6 +9,7 @@ whose keys are the ids themselves.
 The token file holds no secret in clear: one line per token,
 
     <sha256 hex of the token> <tenant> [max_sessions=N] [steps_per_second=R]
+        [max_queued=N] [max_queued_bytes=N]
 
 with ``#`` comments and blank lines allowed. ``seqinfer token new`` prints a
 fresh token and its line. A presented token is hashed and compared with
@@ -60,6 +61,10 @@ class Tenant:
     name: str
     max_sessions: int = 0  # open sessions across all models; 0 = no quota
     steps_per_second: float = 0.0  # timesteps applied per second; 0 = no quota
+    # Requests and input bytes queued, all models; 0 = the server's default
+    # (tenant_max_queued[_bytes]), which 0 makes no quota.
+    max_queued: int = 0
+    max_queued_bytes: int = 0
 
 
 class TokenTable:
@@ -102,6 +107,9 @@ class TokenTable:
         return found
 
 
+_OPTIONS = ("max_sessions", "steps_per_second", "max_queued", "max_queued_bytes")
+
+
 def _entry(words: list[str]) -> tuple[bytes, Tenant]:
     if len(words) < 2:
         raise ValueError("expected '<sha256 hex> <tenant> [key=value ...]'")
@@ -117,8 +125,8 @@ def _entry(words: list[str]) -> tuple[bytes, Tenant]:
     limits: dict[str, float] = {}
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("max_sessions", "steps_per_second"):
-            raise ValueError(f"unknown option {key!r} (max_sessions, steps_per_second)")
+        if key not in _OPTIONS:
+            raise ValueError(f"unknown option {key!r} ({', '.join(_OPTIONS)})")
         try:
             number = float(value)
         except ValueError:
@@ -130,6 +138,8 @@ def _entry(words: list[str]) -> tuple[bytes, Tenant]:
         name,
         max_sessions=int(limits.get("max_sessions", 0)),
         steps_per_second=limits.get("steps_per_second", 0.0),
+        max_queued=int(limits.get("max_queued", 0)),
+        max_queued_bytes=int(limits.get("max_queued_bytes", 0)),
     )
 
 
