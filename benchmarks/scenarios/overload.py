@@ -129,7 +129,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             base = unloaded(target, args.unloaded_seconds)
             sustain = sustainable(target, args.unloaded_seconds, args.client_procs)
-            rate = args.factor * sustain["accepted_per_s"]
+            # --rate: an offered load fixed from another run's sustainable figure, for
+            # bounds under which the closed loop itself is refused (a low max_concurrent_rpcs).
+            rate = args.rate or args.factor * sustain["accepted_per_s"]
             over = overload(target, rate, args.duration, args.client_procs, args.deadline)
         finally:
             target.stop()
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scenarios.overload")
     parser.add_argument("--duration", type=float, default=30.0, help="overload seconds")
     parser.add_argument("--factor", type=float, default=3.0, help="offered / sustainable")
+    parser.add_argument("--rate", type=float, default=0.0, help="offered steps/s (0: factor x)")
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--deadline", type=float, default=0.5, help="per call, seconds")
     parser.add_argument("--unloaded-seconds", type=float, default=5.0)
