@@ -34,10 +34,13 @@ def _start(sid: str) -> pb.StepRequest:
 
 
 def test_a_tenant_at_its_queue_quota_is_refused_and_another_still_queues(tmp_path: Path):
-    dave, erin = new_token(), new_token()
+    dave, erin, fay = new_token(), new_token(), new_token()
     path = tmp_path / "tokens"
-    path.write_text(f"{token_hash(dave)} dave max_queued=3\n{token_hash(erin)} erin\n")
-    d, e = _as(dave), _as(erin)
+    path.write_text(
+        f"{token_hash(dave)} dave max_queued=3\n{token_hash(erin)} erin\n"
+        f"{token_hash(fay)} fay max_queued_bytes=64\n"  # two steps of 1 x 8 float32
+    )
+    d, e, f = _as(dave), _as(erin), _as(fay)
     with running_server([MODEL], auth_token_file=path, max_batch_size=2) as server:
         queues = server.server.runtimes[0].scheduler.queues
         depth = lambda: server.run_sync(lambda: queues.depth)  # noqa: E731
@@ -61,12 +64,21 @@ def test_a_tenant_at_its_queue_quota_is_refused_and_another_still_queues(tmp_pat
                 # Erin has no quota and is queued last, behind all of dave's.
                 hers = pool.submit(api.Step, _start("e0"), metadata=e, timeout=60)
                 wait_until(lambda: depth() == 4, what="erin's step queued")
+                fays = [
+                    pool.submit(api.Step, _start(f"f{i}"), metadata=f, timeout=60) for i in (1, 2)
+                ]
+                wait_until(lambda: depth() == 6, what="fay's 64 bytes queued")
+                with pytest.raises(grpc.RpcError) as over_bytes:
+                    api.Step(_start("f3"), metadata=f, timeout=60)
+                code, reason, metadata = error_reason(over_bytes.value)
+                assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TENANT_QUOTA")
+                assert metadata["quota"] == "max_queued_bytes" and metadata["limit"] == "64"
                 gate.open()
-                replies = [f.result(60) for f in (held, *queued, hers)]
+                replies = [r.result(60) for r in (held, *queued, hers, *fays)]
             pool.shutdown()
             assert all(r.step == 1 for r in replies)
             # The refused step created nothing.
             with pytest.raises(grpc.RpcError) as gone:
                 api.GetSession(pb.GetSessionRequest(session_id="d4"), metadata=d)
             assert gone.value.code() == grpc.StatusCode.NOT_FOUND
-    assert gate.sizes[0] == 1 and sum(gate.sizes) == 5
+    assert gate.sizes[0] == 1 and sum(gate.sizes) == 7
