@@ -5,10 +5,13 @@ than 2x. This benchmark measures it on one ``seqinfer serve`` with a token
 file of three tokens: ``light`` (tenant B, a light steady open loop),
 ``flood`` (tenant A without a quota, many sessions back to back from
 separate processes) and ``flood-quota`` (the same flood, with a
-steps_per_second quota in its token line). B's p99 is taken alone, beside
-the flood, and beside the quota-held flood.
+steps_per_second quota in its token line), ``flood-queued`` (the same
+flood with a ``max_queued`` quota). B's p99 is taken alone, beside the
+flood, and beside each quota-held flood. Batches take ready sessions
+round-robin by tenant (queues.ReadyRing).
 
-    python -m benchmarks.scenarios.isolation [--seconds 15] [--quota 200] [--json out.json]
+    python -m benchmarks.scenarios.isolation [--seconds 15] [--quota 200] [--max-queued 16]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -105,11 +108,12 @@ def phase(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     started = time.time()
-    tokens = {name: new_token() for name in ("light", "flood", "flood-quota")}
+    tokens = {name: new_token() for name in ("light", "flood", "flood-quota", "flood-queued")}
     lines = [
         f"{token_hash(tokens['light'])} light",
         f"{token_hash(tokens['flood'])} flood",
         f"{token_hash(tokens['flood-quota'])} flood-quota steps_per_second={args.quota:g}",
+        f"{token_hash(tokens['flood-queued'])} flood-queued max_queued={args.max_queued}",
     ]
     with tempfile.TemporaryDirectory(prefix="seqinfer-tenants-") as tmp:
         token_file = Path(tmp, "tokens")
@@ -120,6 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flooded = phase(address, tokens["light"], tokens["flood"], args.seconds, args, "flood")
             quota = phase(
                 address, tokens["light"], tokens["flood-quota"], args.seconds, args, "quota"
+            )
+            queued = phase(
+                address, tokens["light"], tokens["flood-queued"], args.seconds, args, "queued"
             )
         finally:
             server.stop()
@@ -133,12 +140,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             k: getattr(args, k)
             for k in ("seconds", "light_rate", "light_sessions", "flood_procs", "flood_sessions")
         }
-        | {"quota_steps_per_second": args.quota},
+        | {"quota_steps_per_second": args.quota, "quota_max_queued": args.max_queued},
         "alone": alone,
         "flooded": flooded,
         "quota": quota,
+        "queued": queued,
         "ratio_flooded": flooded["light"]["accepted_p99_ms"] / base if base else None,
         "ratio_quota": quota["light"]["accepted_p99_ms"] / base if base else None,
+        "ratio_queued": queued["light"]["accepted_p99_ms"] / base if base else None,
         "seconds": time.time() - started,
     }
 
@@ -164,6 +173,8 @@ def report(r: dict[str, Any]) -> str:
             f"                    {flood(r['flooded'])}",
             f"A flooding, quota:  {light(r['quota'])}; x{r['ratio_quota'] or 0:.1f}",
             f"                    {flood(r['quota'])}",
+            f"A flooding, queued: {light(r['queued'])}; x{r['ratio_queued'] or 0:.1f}",
+            f"                    {flood(r['queued'])}",
         ]
     )
 
@@ -172,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scenarios.isolation")
     parser.add_argument("--seconds", type=float, default=15.0, help="per phase")
     parser.add_argument("--quota", type=float, default=200.0, help="A's steps_per_second")
+    parser.add_argument("--max-queued", type=int, default=16, help="A's max_queued")
     parser.add_argument("--light-rate", type=float, default=50.0, help="B's steps/s")
     parser.add_argument("--light-sessions", type=int, default=8)
     parser.add_argument("--flood-procs", type=int, default=2)

@@ -121,12 +121,17 @@ def overload(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     started = time.time()
+    bounds = {**BOUNDS, "SEQINFER_MAX_QUEUE_WAIT_MS": f"{args.max_queue_wait_ms:g}"}
+    if args.max_concurrent_rpcs:
+        bounds["SEQINFER_MAX_CONCURRENT_RPCS"] = str(args.max_concurrent_rpcs)
     with tempfile.TemporaryDirectory(prefix="seqinfer-overload-") as logs:
-        target = start_seqinfer(Path(logs), env=BOUNDS)
+        target = start_seqinfer(Path(logs), env=bounds)
         try:
             base = unloaded(target, args.unloaded_seconds)
             sustain = sustainable(target, args.unloaded_seconds, args.client_procs)
-            rate = args.factor * sustain["accepted_per_s"]
+            # --rate: an offered load fixed from another run's sustainable figure, for
+            # bounds under which the closed loop itself is refused (a low max_concurrent_rpcs).
+            rate = args.rate or args.factor * sustain["accepted_per_s"]
             over = overload(target, rate, args.duration, args.client_procs, args.deadline)
         finally:
             target.stop()
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "cpus": os.cpu_count(),
-        "bounds": BOUNDS,
+        "bounds": bounds,
         "rss_budget_mib": args.rss_budget_mib,
         "unloaded": base,
         "sustainable": sustain,
@@ -181,9 +186,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scenarios.overload")
     parser.add_argument("--duration", type=float, default=30.0, help="overload seconds")
     parser.add_argument("--factor", type=float, default=3.0, help="offered / sustainable")
+    parser.add_argument("--rate", type=float, default=0.0, help="offered steps/s (0: factor x)")
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--deadline", type=float, default=0.5, help="per call, seconds")
     parser.add_argument("--unloaded-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--max-queue-wait-ms",
+        type=float,
+        default=100.0,
+        help="the server's max_queue_wait_ms (refuse by expected wait; 0 = off)",
+    )
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=0,
+        help="the server's max_concurrent_rpcs (0: BOUNDS' 256); by Little's law it bounds "
+        "accepted latency at about this many calls over the throughput",
+    )
     parser.add_argument("--rss-budget-mib", type=float, default=1024.0)
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)

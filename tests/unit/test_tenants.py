@@ -84,3 +84,13 @@ def test_the_step_bucket_refills_at_its_rate(monkeypatch: pytest.MonkeyPatch):
     rate.take("t", 25)  # larger than the bucket: passes when it is full, then owes
     with pytest.raises(TenantQuota):
         rate.take("t", 1)
+
+
+def test_queue_quotas_are_read_from_the_token_line(tmp_path: Path):
+    path = tmp_path / "tokens"
+    path.write_text(f"{token_hash('t')} acme max_queued=32 max_queued_bytes=65536\n")
+    tenant = TokenTable.load(path).tenant_of("t")
+    assert (tenant.max_queued, tenant.max_queued_bytes, tenant.max_sessions) == (32, 65536, 0)
+    path.write_text(f"{token_hash('t')} acme max_queue=32\n")
+    with pytest.raises(TokenFileError, match="line 1: unknown option 'max_queue'"):
+        TokenTable.load(path)

@@ -85,6 +85,18 @@ class Admission:
             for name, t in self.tenants.items()
             if t.steps_per_second > 0
         }
+        # (max queued requests, max queued bytes) by tenant; 0 = that one unbounded.
+        self._queue_quotas = {
+            name: (
+                t.max_queued or settings.tenant_max_queued,
+                t.max_queued_bytes or settings.tenant_max_queued_bytes,
+            )
+            for name, t in self.tenants.items()
+            if t.max_queued
+            or t.max_queued_bytes
+            or settings.tenant_max_queued
+            or settings.tenant_max_queued_bytes
+        }
 
     def check_session_quota(self, tenant: str) -> None:
         """Refuse a new session of a tenant at its open-sessions quota."""
@@ -99,6 +111,36 @@ class Admission:
                 quota="max_sessions",
                 limit=quota.max_sessions,
             )
+
+    def check_queue_quota(self, tenant: str, size: int) -> None:
+        """Refuse a step of a tenant at its queued-requests or queued-bytes quota.
+
+        Counted over every model, from the queues' own per-tenant counts; like
+        the model's bounds, a request always fits when the tenant has nothing queued.
+        """
+        max_queued, max_bytes = self._queue_quotas[tenant]
+        queues = [r.scheduler.queues for r in self.router.runtimes]
+        queued = sum(q.tenant_depth[tenant] for q in queues)
+        if not queued:
+            return
+        nbytes = sum(q.tenant_bytes[tenant] for q in queues)
+        if max_queued and queued >= max_queued:
+            quota, limit, what = "max_queued", max_queued, f"{queued} requests"
+        elif max_bytes and nbytes + size > max_bytes:
+            quota, limit, what = "max_queued_bytes", max_bytes, f"{nbytes} input bytes"
+        else:
+            return
+        # About when one of its queued steps will have been taken (its share of the drain).
+        wait = max(
+            0.001, max(q.expected_wait(tenant) / (q.tenant_depth[tenant] + 1) for q in queues)
+        )
+        raise TenantQuota(
+            f"tenant {tenant!r} has {what} queued, its quota {quota} is {limit}; "
+            f"nothing was applied, retry in {wait:.3f} s",
+            quota=quota,
+            limit=limit,
+            retry_after_seconds=f"{wait:.3f}",
+        )
 
     # ------------------------------------------------------------ single --
 
@@ -259,6 +301,8 @@ class Admission:
                         settings.max_message_bytes,
                         f"the reply ({mode.name} outputs of T = {timesteps})",
                     )
+                if self._queue_quotas and tenant in self._queue_quotas:
+                    self.check_queue_quota(tenant, values.nbytes)
                 created = False
                 if session is None:
                     ttl = None if idle_ttl is None else check_ttl(idle_ttl, "idle_ttl_seconds")

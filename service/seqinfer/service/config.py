@@ -92,6 +92,24 @@ class Settings(BaseSettings):
         description="Bytes of request inputs queued per session before QUEUE_FULL "
         "(a request is always accepted into an empty queue).",
     )
+    max_queue_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Refuse a step (QUEUE_FULL) whose expected wait in its model's queue, "
+        "at the measured drain rate and its tenant's round-robin share, is longer; 0 = off.",
+    )
+    tenant_max_queued: int = Field(
+        0,
+        ge=0,
+        description="Default queued-requests quota of each token-file tenant (all models; "
+        "TENANT_QUOTA beyond it), where its line sets no max_queued; 0 = none.",
+    )
+    tenant_max_queued_bytes: int = Field(
+        0,
+        ge=0,
+        description="Default quota of request input bytes queued per token-file tenant, "
+        "where its line sets no max_queued_bytes; 0 = none.",
+    )
     max_stream_unsent: int = Field(
         4096,
         ge=1,

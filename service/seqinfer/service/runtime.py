@@ -91,6 +91,7 @@ class ModelRuntime:
             max_queue_bytes=settings.max_queue_bytes,
             max_session_queue_size=settings.max_session_queue_size,
             max_session_queue_bytes=settings.max_session_queue_bytes,
+            max_queue_wait=settings.max_queue_wait_ms / 1000.0,
             # On CUDA the loop would wait for the kernels: always hand off.
             inline_max_timesteps=0 if device.type == "cuda" else settings.inline_max_timesteps,
             observer=observer,

@@ -1,12 +1,12 @@
 """Continuous batching for one model.
 
-A plain class with explicit queues: each session keeps its own FIFO of
-``StepItem``s, and ``_ready`` lists, in arrival order, the sessions that have
-work and no request in the engine. One iteration takes the head item of up
-to ``max_batch_size`` ready sessions (so never two of one session in a batch,
-and a session's items apply strictly in arrival order), checks deadlines,
-cancellation and ``expected_step`` against the session's *current* counter
-(exact, because the session has nothing in flight), computes the batch
+A plain class with explicit queues (``queues``): each session keeps its own
+FIFO of ``StepItem``s, and ``_ready`` holds the sessions that have work and
+no request in the engine, handed out round-robin by tenant. One iteration
+takes the head item of up to ``max_batch_size`` ready sessions (so never two
+of one session in a batch, and a session's items apply strictly in arrival
+order), checks deadlines, cancellation and ``expected_step`` against the
+session's *current* counter (exact: it has nothing in flight), computes the batch
 (``_execute``, the one path every batch takes), then answers every item.
 While a batch computes on the worker, the event loop keeps reading requests
 into the queues, so the next batch is assembled from everything that
@@ -74,6 +74,7 @@ class Scheduler:
         max_queue_bytes: int,
         max_session_queue_size: int,
         max_session_queue_bytes: int,
+        max_queue_wait: float = 0.0,
         inline_max_timesteps: int,
         observer: Observer,
         on_session_closed: Callable[[Session, str], None],
@@ -92,6 +93,7 @@ class Scheduler:
             max_queue_bytes=max_queue_bytes,
             max_session_queue_size=max_session_queue_size,
             max_session_queue_bytes=max_session_queue_bytes,
+            max_queue_wait=max_queue_wait,
         )
         self._ready = self.queues.ready
         self.inline_max_timesteps = inline_max_timesteps
@@ -288,9 +290,8 @@ class Scheduler:
     def _take_batch(self) -> list[StepItem]:
         batch: list[StepItem] = []
         now = time.monotonic()
-        ready = self._ready
-        while ready and len(batch) < self.max_batch_size:
-            session = ready.popleft()
+        while self._ready and len(batch) < self.max_batch_size:
+            session = self._ready.popleft()  # round-robin by tenant (queues.ReadyRing)
             item = first_runnable(
                 session, now, self.queues, self.observer, self.model_key, self._uncommitted
             )
@@ -299,6 +300,7 @@ class Scheduler:
                 batch.append(item)
             elif session.close_waiter is not None:
                 self._close_if_idle(session)
+        self.queues.batch_taken(now)
         return batch
 
     # ---------------------------------------------------------- completion --

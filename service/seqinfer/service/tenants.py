@@ -8,7 +8,8 @@ whose keys are the ids themselves.
 
 The token file holds no secret in clear: one line per token,
 
-    <sha256 hex of the token> <tenant> [max_sessions=N] [steps_per_second=R] [models=a,b]
+    <sha256 hex of the token> <tenant> [max_sessions=N] [steps_per_second=R]
+        [max_queued=N] [max_queued_bytes=N] [models=a,b]
 
 with ``#`` comments and blank lines allowed. ``seqinfer token new`` prints a
 fresh token and its line. A presented token is hashed and compared with
@@ -61,6 +62,10 @@ class Tenant:
     max_sessions: int = 0  # open sessions across all models; 0 = no quota
     steps_per_second: float = 0.0  # timesteps applied per second; 0 = no quota
     models: frozenset[str] | None = None  # the model names it may see and use; None = all
+    # Requests and input bytes queued, all models; 0 = the server's default
+    # (tenant_max_queued[_bytes]), which 0 makes no quota.
+    max_queued: int = 0
+    max_queued_bytes: int = 0
 
 
 class TokenTable:
@@ -103,6 +108,9 @@ class TokenTable:
         return found
 
 
+_OPTIONS = ("max_sessions", "steps_per_second", "max_queued", "max_queued_bytes")
+
+
 def _entry(words: list[str]) -> tuple[bytes, Tenant]:
     if len(words) < 2:
         raise ValueError("expected '<sha256 hex> <tenant> [key=value ...]'")
@@ -124,8 +132,8 @@ def _entry(words: list[str]) -> tuple[bytes, Tenant]:
             if not models:
                 raise ValueError("models= needs at least one model name (a,b,...)")
             continue
-        if key not in ("max_sessions", "steps_per_second"):
-            raise ValueError(f"unknown option {key!r} (max_sessions, steps_per_second, models)")
+        if key not in _OPTIONS:
+            raise ValueError(f"unknown option {key!r} ({', '.join(_OPTIONS)}, models)")
         try:
             number = float(value)
         except ValueError:
@@ -138,6 +146,8 @@ def _entry(words: list[str]) -> tuple[bytes, Tenant]:
         max_sessions=int(limits.get("max_sessions", 0)),
         steps_per_second=limits.get("steps_per_second", 0.0),
         models=models,
+        max_queued=int(limits.get("max_queued", 0)),
+        max_queued_bytes=int(limits.get("max_queued_bytes", 0)),
     )
 
 
