@@ -54,6 +54,9 @@ class EngineHost:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(f"ipc://{socket_path}")
         self._outbox: defaultdict[bytes, list[tuple[int, Any]]] = defaultdict(list)
+        # Steps admitted and not yet answered, by (front end, seq): what a
+        # front end's ``cancel`` message recalls.
+        self._admitted: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -64,6 +67,9 @@ class EngineHost:
             if message[0] == "steps":
                 for seq, command in message[1]:
                     self._step(identity, seq, command)
+            elif message[0] == "cancel":
+                for seq in message[1]:
+                    self._recall(identity, seq)
             elif message[0] == "metrics":
                 self._frontend_metrics(message[1], message[2])
             else:
@@ -114,11 +120,25 @@ class EngineHost:
         self._answer_when_done(identity, seq, admitted)
 
     def _answer_when_done(self, identity: bytes, seq: int, admitted: Admitted) -> None:
+        key = (identity, seq)
+        self._admitted[key] = admitted.future
+
         def done(future: asyncio.Future[Any]) -> None:
+            self._admitted.pop(key, None)
+            if future.cancelled():  # recalled: the front end waits for nothing
+                return
             error = future.exception()
             self._reply(identity, seq, future.result() if error is None else error)
 
         admitted.future.add_done_callback(done)
+
+    def _recall(self, identity: bytes, seq: int) -> None:
+        """A front end's caller cancelled: a step still queued is dropped unapplied
+        (the scheduler sees its future done, as for a cancelled call in one process);
+        one already computing is applied. Unknown seqs (answered already) are ignored."""
+        future = self._admitted.pop((identity, seq), None)
+        if future is not None and not future.done():
+            future.cancel()
 
     async def _call(self, identity: bytes, seq: int, method: str, args: tuple[Any, ...]) -> None:
         try:

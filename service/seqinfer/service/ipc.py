@@ -6,7 +6,9 @@ One DEALER socket per front end, one ROUTER in the engine. Envelopes:
   end decoded in one event-loop turn, coalesced into one message, because one
   IPC message per request would saturate the engine's core long before the
   front ends do; and ``("call", seq, method, args)`` for every other command
-  (``CALLS``); and ``("metrics", frontend_index, snapshot)`` about once a
+  (``CALLS``); ``("cancel", [seq, ...])``, the steps whose callers went
+  away, sent after the steps they recall (never answered); and
+  ``("metrics", frontend_index, snapshot)`` about once a
   second and at shutdown, the front end's gRPC counters as plain data
   (``metrics.frontends``), which the engine keeps for its exporter and
   never answers;

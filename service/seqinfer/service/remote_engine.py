@@ -11,9 +11,11 @@ What differs from the in-process engine, and why it is acceptable here:
 - A step is always accepted at once (``try_step`` never returns None), and
   a refusal arrives as its future's exception instead of being raised. The
   stream and the handlers treat both the same.
-- A cancelled call drops its reply when it comes; the step itself is not
-  recalled. The client's ``expected_step`` retry tells an applied step from
-  one that was not.
+- A cancelled call (the caller went away, or its deadline passed) recalls
+  its step: the seq goes to the engine in a ``cancel`` message, coalesced
+  like steps, and a step still queued there is dropped unapplied, as in one
+  process. A step already computing is applied; the client's
+  ``expected_step`` retry tells an applied step from one that was not.
 - ``held_bytes`` of a step, which a stream counts against its bounds, is
   its input bytes twice plus a result's overhead, because the front end
   does not know which model a session belongs to.
@@ -22,6 +24,7 @@ What differs from the in-process engine, and why it is acceptable here:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from typing import Any
@@ -58,6 +61,7 @@ class RemoteEngine:
         self._seq = itertools.count()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._steps: list[tuple[int, StepCommand]] = []
+        self._recalls: list[int] = []  # seqs of cancelled steps, sent with the next flush
         self._flush_scheduled = False
         self._receiver: asyncio.Task[None] | None = None
         self.draining = False
@@ -93,11 +97,27 @@ class RemoteEngine:
                 else:
                     future.set_result(reply)
 
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         steps, self._steps = self._steps, []
+        recalls, self._recalls = self._recalls, []
+        # Steps first: a recall of a step flushed in the same turn must reach
+        # the engine after the step (one socket keeps the order).
         if steps:
             self._socket.send(ipc.encode(("steps", steps)))
+        if recalls:
+            self._socket.send(ipc.encode(("cancel", recalls)))
+
+    def _recall_if_cancelled(self, seq: int, future: asyncio.Future[Any]) -> None:
+        # A reply pops its seq first, so a seq still pending here was cancelled.
+        if future.cancelled() and self._pending.pop(seq, None) is not None:
+            self._recalls.append(seq)
+            self._schedule_flush()
 
     async def _call(self, method: str, *args: Any) -> Any:
         seq = next(self._seq)
@@ -151,10 +171,9 @@ class RemoteEngine:
         seq = next(self._seq)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
+        future.add_done_callback(functools.partial(self._recall_if_cancelled, seq))
         self._steps.append((seq, command))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule_flush()
         return Admitted(future, 2 * len(command.inputs.data) + RESULT_OVERHEAD)
 
     async def step(self, command: StepCommand) -> Admitted:
