@@ -17,8 +17,10 @@ What differs from the in-process engine, and why it is acceptable here:
   process. A step already computing is applied; the client's
   ``expected_step`` retry tells an applied step from one that was not.
 - ``held_bytes`` of a step, which a stream counts against its bounds, is
-  its input bytes twice plus a result's overhead, because the front end
-  does not know which model a session belongs to.
+  its input bytes plus an upper bound of its reply over every served model
+  (the front end does not know which model a session belongs to; it learns
+  the models' reply sizes once, at start): larger than the engine's exact
+  figure, never smaller, so a stream's memory bound holds across processes.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ import zmq
 import zmq.asyncio
 
 from seqinfer.service import ipc
+from seqinfer.service.engine import OutputMode
 from seqinfer.service.engine_client import Admitted
 from seqinfer.service.errors import draining
+from seqinfer.service.inputs import OUTPUT_MODES
 from seqinfer.service.protocol import (
     ExportReply,
     ForkCommand,
@@ -46,10 +50,27 @@ from seqinfer.service.protocol import (
     StepBatchReply,
     StepCommand,
 )
-from seqinfer.service.replies import RESULT_OVERHEAD
+from seqinfer.service.replies import ReplyShape, result_bytes
+from seqinfer.v1 import seqinfer_pb2 as pb
 
 log = logging.getLogger(__name__)
 SHUTDOWN_LINGER_MS = 1000
+# Bytes per element of a reply's outputs, by the model's DType: a bfloat16
+# model's outputs go out as float32 (numpy has no bfloat16).
+_OUTPUT_ITEMSIZE: dict[int, int] = {
+    pb.DTYPE_FLOAT32: 4,
+    pb.DTYPE_FLOAT64: 8,
+    pb.DTYPE_FLOAT16: 2,
+    pb.DTYPE_BFLOAT16: 4,
+}
+
+
+def largest_reply(models: list[ModelInfo]) -> ReplyShape:
+    """The largest output row and state over ``models``: a reply bound for any session."""
+    return ReplyShape(
+        max(m.output_size * _OUTPUT_ITEMSIZE.get(m.dtype, 8) for m in models),
+        max(m.state_bytes_per_session for m in models),
+    )
 
 
 class RemoteEngine:
@@ -65,9 +86,11 @@ class RemoteEngine:
         self._flush_scheduled = False
         self._receiver: asyncio.Task[None] | None = None
         self.draining = False
+        self._reply_shape: ReplyShape | None = None
 
     async def start(self) -> None:
         self._receiver = asyncio.get_running_loop().create_task(self._receive())
+        self._reply_shape = largest_reply(await self.models())
 
     async def shutdown(self) -> None:
         if self._receiver is not None:
@@ -174,7 +197,16 @@ class RemoteEngine:
         future.add_done_callback(functools.partial(self._recall_if_cancelled, seq))
         self._steps.append((seq, command))
         self._schedule_flush()
-        return Admitted(future, 2 * len(command.inputs.data) + RESULT_OVERHEAD)
+        return Admitted(future, len(command.inputs.data) + self._reply_bound(command))
+
+    def _reply_bound(self, command: StepCommand) -> int:
+        assert self._reply_shape is not None, "RemoteEngine.start() first"
+        shape = command.inputs.shape
+        timesteps = int(shape[0]) if len(shape) else 0
+        # An unknown mode is refused by the engine; bound it as the largest.
+        mode = OUTPUT_MODES.get(command.output_mode, OutputMode.ALL)
+        ids = len(command.session_id.encode()) + len(command.request_id.encode())
+        return result_bytes(self._reply_shape, timesteps, mode, command.return_state, ids)
 
     async def step(self, command: StepCommand) -> Admitted:
         return self.try_step(command)
