@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         "for both; `auto`: 0 on machines with up to 2 cores, else cores - 2 up to max_frontends.",
     )
     max_frontends: int = Field(8, ge=1, description="The most front ends `auto` starts.")
+    frontend_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="The event loop of each front-end process (with frontends >= 1): "
+        "`uvloop` needs the uvloop package (docs/benchmarks.md has the measured difference).",
+    )
     auth_token_file: Path | None = Field(
         None,
         description="File of bearer tokens (their sha256) and tenants; without one, no "

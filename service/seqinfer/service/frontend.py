@@ -85,4 +85,12 @@ def main() -> None:
         level=settings.log_level,
         format=f"%(asctime)s %(levelname)s frontend-{index} %(name)s: %(message)s",
     )
-    sys.exit(asyncio.run(_main(settings, os.environ[ipc.ENGINE_SOCKET_ENV], index, counted)))
+    serve = _main(settings, os.environ[ipc.ENGINE_SOCKET_ENV], index, counted)
+    if settings.frontend_loop == "uvloop":
+        # Only the front ends: they are pure I/O and message decoding, where
+        # the loop's own overhead shows; the engine's time is in its batches.
+        import uvloop
+
+        log.info("front end %d runs on uvloop %s", index, uvloop.__version__)
+        sys.exit(uvloop.run(serve))
+    sys.exit(asyncio.run(serve))
