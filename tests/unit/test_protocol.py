@@ -132,3 +132,44 @@ def test_an_error_crosses_as_its_plain_values():
     assert str(rebuilt) == error.message and len(error.message.encode()) <= errors.MAX_MESSAGE_BYTES
     assert type(errors.rebuild("INTERNAL_ERROR", "m", {})) is errors.InternalError
     assert type(errors.rebuild("NOT_A_REASON", "m", {})) is errors.SeqinferError
+
+
+def test_the_steps_envelope_crosses_as_msgpack_with_every_field():
+    from seqinfer.service import ipc
+    from seqinfer.v1 import seqinfer_pb2 as pb
+
+    request = pb.StepRequest()
+    request.inputs.shape.extend([3, 8])  # in process, a shape is the request's repeated field
+    tensor = protocol.TensorData(pb.DTYPE_FLOAT32, request.inputs.shape, b"\1" * 96)
+    steps = [
+        (0, protocol.StepCommand("s", "r", tensor)),
+        (
+            2**40,
+            protocol.StepCommand(
+                "ünï", "", protocol.TensorData(pb.DTYPE_INT32, [5], b"\0" * 20), "m", "2",
+                start=True, idle_ttl=0.5, expected_step=2**53 - 1, reset=True, end=True,
+                output_mode=2, return_state=True, deadline=123.25, tenant="acme",
+            ),
+        ),
+    ]  # fmt: skip
+    frame = ipc.encode_steps(steps)
+    assert frame[:1] != pickle.dumps(None, protocol=5)[:1]
+    kind, back = ipc.decode(frame)
+    assert kind == "steps"
+    assert back[0][1].inputs.shape == [3, 8]
+    expected = [
+        (0, dataclasses.replace(steps[0][1], inputs=dataclasses.replace(tensor, shape=[3, 8])))
+    ]
+    assert _same(back, expected + steps[1:])
+    # Every other envelope still crosses pickled through the same decode.
+    assert ipc.decode(ipc.encode(("cancel", [1, 2]))) == ("cancel", [1, 2])
+
+
+def test_a_malformed_steps_frame_is_refused_whole():
+    import msgspec
+
+    from seqinfer.service import ipc
+
+    bad = b"\x01" + msgspec.msgpack.encode([(1, {"session_id": 5})])
+    with pytest.raises(msgspec.ValidationError):
+        ipc.decode(bad)

@@ -132,7 +132,7 @@ class RemoteEngine:
         # Steps first: a recall of a step flushed in the same turn must reach
         # the engine after the step (one socket keeps the order).
         if steps:
-            self._socket.send(ipc.encode(("steps", steps)))
+            self._socket.send(ipc.encode_steps(steps))
         if recalls:
             self._socket.send(ipc.encode(("cancel", recalls)))
 
