@@ -46,14 +46,18 @@ class _CountingStore:
         self.store = store
         self.commits = 0
         self.records = 0
+        self.seconds = 0.0  # in the store's write: encode excluded, fsync included
         self._lock = threading.Lock()
 
     def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
         records = list(records)
+        started = time.perf_counter()
         self.store.write(records, deletes)
+        took = time.perf_counter() - started
         with self._lock:
             self.commits += 1
             self.records += len(records)
+            self.seconds += took
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -64,6 +68,7 @@ class Round:
     steps_per_second: float
     commits: int
     records_per_commit: float
+    ms_per_commit: float
 
 
 async def _one_round(mode: str, transport: str, sessions: int, seconds: float) -> Round:
@@ -114,9 +119,12 @@ async def _one_round(mode: str, transport: str, sessions: int, seconds: float) -
             rate, _steps = out.decode().split()
         finally:
             await server.stop(5)
-        commits = counting.commits if counting else 0
-        records = counting.records if counting else 0
-        return Round(float(rate), commits, records / commits if commits else 0.0)
+        if counting is None or not counting.commits:
+            return Round(float(rate), 0, 0.0, 0.0)
+        commits = counting.commits
+        return Round(
+            float(rate), commits, counting.records / commits, 1000 * counting.seconds / commits
+        )
 
 
 def main() -> None:
@@ -138,17 +146,19 @@ def main() -> None:
             rounds[mode].append(result)
             print(
                 f"round {index} {mode}: {result.steps_per_second:,.0f} steps/s, "
-                f"{result.commits} commits of {result.records_per_commit:.1f} sessions",
+                f"{result.commits} commits of {result.records_per_commit:.1f} sessions, "
+                f"{result.ms_per_commit:.2f} ms each",
                 flush=True,
             )
     medians = {m: statistics.median(r.steps_per_second for r in rs) for m, rs in rounds.items()}
     for mode in MODES[1:]:
         per_commit = statistics.median(r.records_per_commit for r in rounds[mode])
+        ms = statistics.median(r.ms_per_commit for r in rounds[mode])
         print(
             f"{args.transport} N={args.sessions}: {mode}/none = "
             f"{medians[mode] / medians['none']:.3f} (medians of {args.rounds}: "
             f"{medians[mode]:,.0f} vs {medians['none']:,.0f} steps/s; "
-            f"{per_commit:.1f} sessions per commit)"
+            f"{per_commit:.1f} sessions per commit, {ms:.2f} ms per commit)"
         )
     print(f"({time.perf_counter() - started:.0f} s)")
 
