@@ -23,6 +23,7 @@ A session whose step ended it (``end``) is deleted in the same transaction.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -75,10 +76,8 @@ class WriteThrough:
         markers: dict[str, Marker] = {t.key: (t.step, done) for t in taken}
         try:
             chosen = states if len(rows) == len(batch) else states[rows]
-            # Encoded on the store's thread, just before the write: one hand-off.
-            await self.durability.submit_write(
-                lambda: encode_batch(self.spec, taken, chosen), deletes, markers
-            )
+            records = await asyncio.to_thread(encode_batch, self.spec, taken, chosen)
+            await self.durability.submit_write(records, deletes, markers)
         except Exception as exc:
             # Any store failure: the replies must not go out as if kept.
             log.warning(

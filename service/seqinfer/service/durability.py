@@ -95,39 +95,30 @@ class Durability:
         self.on_written: Callable[[list[str]], None] | None = None
 
     def submit_write(
-        self,
-        records: list[tuple[str, bytes]] | Callable[[], list[tuple[str, bytes]]],
-        deletes: list[str],
-        markers: dict[str, Marker],
+        self, records: list[tuple[str, bytes]], deletes: list[str], markers: dict[str, Marker]
     ) -> asyncio.Future[None]:
         """Queue one transaction on the store thread; once it is committed the
-        markers say what the store holds (the caller awaits the future).
-        ``records`` may be a function that encodes them, run on the store thread
-        just before the write: write-through saves a thread hand-off per batch."""
+        markers say what the store holds (the caller awaits the future)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
-        def write() -> list[tuple[str, bytes]]:
-            rows = records() if callable(records) else records
-            self.store.write(rows, deletes)
-            return rows
-
-        def committed(result: asyncio.Future[list[tuple[str, bytes]]]) -> None:
+        def committed(result: asyncio.Future[None]) -> None:
             error = result.exception()
             if error is not None:
                 if not done.done():
                     done.set_exception(error)
                 return
-            rows = result.result()
             for key in deletes:
                 self._written.pop(key, None)
-            self._written.update((key, markers[key]) for key, _ in rows if key in markers)
+            self._written.update((key, markers[key]) for key, _ in records if key in markers)
             if self.on_written is not None:
-                self.on_written([key for key, _ in rows])
+                self.on_written([key for key, _ in records])
             if not done.done():
                 done.set_result(None)
 
-        loop.run_in_executor(self._io, write).add_done_callback(committed)
+        loop.run_in_executor(self._io, self.store.write, records, deletes).add_done_callback(
+            committed
+        )
         return done
 
     def held(self, key: str) -> Marker | None:
