@@ -36,10 +36,10 @@ import torch
 
 from seqinfer.service.models.spec import ModelSpec
 from seqinfer.service.protocol import StepOutcome
+from seqinfer.service.record_batch import encode_batch
 from seqinfer.service.records import (
     ArrayRecord,
     RecordError,
-    ReplayRecord,
     SessionRecord,
     check_fits,
 )
@@ -293,48 +293,8 @@ class Durability:
 # ------------------------------------------------- conversions (threads) --
 
 
-def _array(value: np.ndarray | None) -> ArrayRecord | None:
-    if value is None:
-        return None
-    # tobytes is C order whatever the array's layout.
-    return ArrayRecord(value.dtype.str, value.shape, value.tobytes())
-
-
-def encode_all(
-    spec: ModelSpec, taken: list[Taken], states: torch.Tensor
-) -> list[tuple[str, bytes]]:
-    shape = (spec.num_layers, spec.hidden_size)
-    # One copy of all the states, then a slice each: cheaper than a tobytes per row.
-    raw = states.contiguous().view(torch.uint8).numpy().tobytes() if states.numel() else b""
-    size = len(raw) // len(taken) if taken else 0
-    out = []
-    for i, t in enumerate(taken):
-        replay = None
-        if t.replay is not None:
-            request_id, before, reply = t.replay
-            replay = ReplayRecord(
-                request_id,
-                before,
-                reply.step,
-                _array(reply.outputs),
-                _array(reply.state),
-                reply.created,
-                reply.closed,
-            )
-        record = SessionRecord(
-            session_id=t.session_id,
-            model=spec.name,
-            model_version=spec.version,
-            state=ArrayRecord(spec.dtype, shape, raw[i * size : (i + 1) * size]),
-            step=t.step,
-            idle_ttl=t.idle_ttl,
-            created_at=t.created_at,
-            last_used=t.last_used_wall,
-            replay=replay,
-            tenant=t.tenant,
-        )
-        out.append((t.key, record.encode()))
-    return out
+# Snapshots and write-through commits encode through the one batch encoder.
+encode_all = encode_batch
 
 
 def _decode_all(rows: list[tuple[str, bytes]]) -> tuple[list[SessionRecord], list[RecordError]]:

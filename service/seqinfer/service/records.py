@@ -113,20 +113,20 @@ class SessionRecord:
         return session_key(self.tenant, self.session_id)
 
     def encode(self) -> bytes:
-        # The JSON meta is written by hand, not by json.dumps: write-through
-        # encodes every session of every batch, and json.dumps of the dict was
-        # most of that cost. The output is plain JSON that json.loads reads
-        # back (test_records checks both ways against json.dumps).
         blobs: list[bytes] = []
-        state = _array_json(self.state, blobs)
-        replay = "null" if self.replay is None else _replay_json(self.replay, blobs)
-        head = (
-            f'{{"session_id":{_text(self.session_id)},"tenant":{_text(self.tenant)},'
-            f'"model":{_text(self.model)},"model_version":{_text(self.model_version)},'
-            f'"step":{int(self.step)},"idle_ttl":{_number(self.idle_ttl)},'
-            f'"created_at":{_number(self.created_at)},"last_used":{_number(self.last_used)},'
-            f'"state":{state},"replay":{replay}}}'
-        ).encode()
+        meta = {
+            "session_id": self.session_id,
+            "tenant": self.tenant,
+            "model": self.model,
+            "model_version": self.model_version,
+            "step": self.step,
+            "idle_ttl": self.idle_ttl,
+            "created_at": self.created_at,
+            "last_used": self.last_used,
+            "state": _array_meta(self.state, blobs),
+            "replay": None if self.replay is None else _replay_meta(self.replay, blobs),
+        }
+        head = json.dumps(meta, separators=(",", ":")).encode()
         payload = b"".join([_META_LEN.pack(len(head)), head, *blobs])
         crc = zlib.crc32(payload)
         return _HEADER.pack(MAGIC, FORMAT_VERSION, crc, len(payload)) + payload
@@ -190,34 +190,23 @@ def check_fits(
 # ------------------------------------------------------------- encoding --
 
 
-# A JSON string literal (C-accelerated, ASCII-only output, quotes included).
-_text = json.encoder.encode_basestring_ascii
-
-
-def _number(value: float) -> str:
-    # repr is what json.dumps writes for a finite float; json.dumps keeps its
-    # NaN/Infinity spelling for the rest.
-    value = float(value)
-    return repr(value) if math.isfinite(value) else json.dumps(value)
-
-
-def _array_json(array: ArrayRecord | None, blobs: list[bytes]) -> str:
+def _array_meta(array: ArrayRecord | None, blobs: list[bytes]) -> dict[str, Any] | None:
     if array is None:
-        return "null"
+        return None
     blobs.append(array.data)
-    shape = ",".join(str(int(d)) for d in array.shape)
-    return f'{{"dtype":{_text(array.dtype)},"shape":[{shape}],"size":{len(array.data)}}}'
+    return {"dtype": array.dtype, "shape": list(array.shape), "size": len(array.data)}
 
 
-def _replay_json(replay: ReplayRecord, blobs: list[bytes]) -> str:
-    outputs = _array_json(replay.outputs, blobs)
-    state = _array_json(replay.state, blobs)
-    return (
-        f'{{"request_id":{_text(replay.request_id)},"step_before":{int(replay.step_before)},'
-        f'"step":{int(replay.step)},"outputs":{outputs},"state":{state},'
-        f'"created":{"true" if replay.created else "false"},'
-        f'"closed":{"true" if replay.closed else "false"}}}'
-    )
+def _replay_meta(replay: ReplayRecord, blobs: list[bytes]) -> dict[str, Any]:
+    return {
+        "request_id": replay.request_id,
+        "step_before": replay.step_before,
+        "step": replay.step,
+        "outputs": _array_meta(replay.outputs, blobs),
+        "state": _array_meta(replay.state, blobs),
+        "created": replay.created,
+        "closed": replay.closed,
+    }
 
 
 # ------------------------------------------------------------- decoding --
