@@ -1,6 +1,6 @@
 """Several `seqinfer serve` configurations under the same loads, alternated in one run.
 
-The settings benchmarks (`benchmarks.write_through`, `benchmarks.frontend_loop`)
+Settings benchmarks (`benchmarks.frontend_loop`, for one)
 each name their configurations and loads; this runs them. Every repeat runs
 every load on every configuration in turn, so the drift of this shared
 machine hits all alike, and the table's ratios (to the first configuration,
