@@ -23,9 +23,13 @@ install: $(BIN)/.installed
 serve: $(BIN)/.installed
 	$(BIN)/seqinfer serve --durability snapshot --state-dir .seqinfer-state $(ARGS)
 
+# The second run: the listed integration tests again, their servers serving
+# gRPC through the front-end path (RemoteEngine over ipc to EngineHost).
 test: $(BIN)/.installed
 	bash scripts/test-services.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	SEQINFER_TEST_FRONTEND=remote $(BIN)/python -m pytest $(PYTEST_ARGS) \
+	  $$(grep -v '^#' tests/integration/remote_mode.txt)
 
 # The suite runs the fuzz test for about a minute with a fixed seed; this runs
 # it 20 times longer (FUZZ_SCALE) with a fresh seed, printed with the outcome

@@ -1,8 +1,22 @@
-"""Running a real seqinfer server on 127.0.0.1 with an ephemeral port, for tests."""
+"""Running a real seqinfer server on 127.0.0.1 with an ephemeral port, for tests.
+
+With ``SEQINFER_TEST_FRONTEND=remote`` in the environment, every server
+started here serves gRPC the way a front-end process does: a ``GrpcFront``
+over a ``RemoteEngine``, whose envelopes cross a real ZeroMQ ``ipc://``
+socket to an ``EngineHost`` over the engine. Both halves run on the
+server's loop, so a test can still gate the engine and inspect its
+runtimes; what it exercises is everything between the processes of
+``serve --frontends K`` except the process boundary itself (the envelopes
+are encoded and decoded all the same). ``make test`` runs the files in
+``tests/integration/remote_mode.txt`` once more this way.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +56,43 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self._thread.start()
-        self.call(self.server.start())
+        if os.environ.get("SEQINFER_TEST_FRONTEND") == "remote":
+            self.call(self._start_remote())
+        else:
+            self.call(self.server.start())
         return self
+
+    async def _start_remote(self) -> None:
+        from seqinfer.service.engine_process import EngineHost
+        from seqinfer.service.grpc_front import GrpcFront
+        from seqinfer.service.remote_engine import RemoteEngine
+        from seqinfer.service.security import server_tls, token_table
+
+        server = self.server
+        settings = server.settings
+        tls, tokens = server_tls(settings), token_table(settings)
+        await server.start_engine(tokens)
+        assert server.engine is not None
+        self._socket_dir = tempfile.TemporaryDirectory(prefix="seqinfer-test-ipc-")
+        path = os.path.join(self._socket_dir.name, "engine.sock")
+        self._host = EngineHost(server.engine, path)
+        self._serving = asyncio.get_running_loop().create_task(self._host.serve())
+        self._remote = RemoteEngine(path)
+        await self._remote.start()
+        front = GrpcFront(settings, self._remote, server.observer, tokens, tls)
+        await front.start()
+        server.port = front.port
+        server._front = front
+        logging.getLogger("seqinfer.service.server").info(
+            "serving on 127.0.0.1:%d through a front end over ipc (tests)", front.port
+        )
+
+    async def _stop_remote(self) -> None:
+        self._remote.begin_drain()
+        await self._remote.shutdown()
+        self._serving.cancel()
+        self._host.close()
+        self._socket_dir.cleanup()
 
     def call(self, coro: Any, timeout: float = 60) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -64,6 +113,8 @@ class ServerThread:
         if not self._thread.is_alive():
             return  # stopped already (a test may stop it early)
         self.call(self.server.stop(grace))
+        if hasattr(self, "_remote"):
+            self.call(self._stop_remote())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 

@@ -41,7 +41,8 @@ class StepStream:
         self.builder = results
         self.deadline = deadline
         self.results: asyncio.Queue[tuple[pb.StepResult, int] | None] = asyncio.Queue()
-        self.latest: dict[str, asyncio.Future[StepOutcome]] = {}
+        # Per session: the emission of its latest request's result (see _track).
+        self.latest: dict[str, asyncio.Future[None]] = {}
         self.outstanding: set[asyncio.Future[StepOutcome]] = set()
         self.reading = True
         self.max_unsent = settings.max_stream_unsent
@@ -106,13 +107,22 @@ class StepStream:
         self.unsent += 1
         self.unsent_bytes += cost
         key = request.session_id
-        earlier = self.latest.get(key)
-        self.latest[key] = future
+        # Each request's result waits for the session's previous one to be
+        # emitted: an answer that comes early (an invalid item, refused at once
+        # here or, through a front end, by the engine's first reply) must not
+        # overtake the session's earlier item still computing.
+        before = self.latest.get(key)
+        emitted: asyncio.Future[None] = future.get_loop().create_future()
+        self.latest[key] = emitted
 
         def emit(_: object) -> None:
+            if before is not None and not before.done():
+                before.add_done_callback(emit)
+                return
             self.outstanding.discard(future)
-            if self.latest.get(key) is future:
+            if self.latest.get(key) is emitted:
                 del self.latest[key]
+            emitted.set_result(None)
             if future.cancelled():
                 self._sent(cost)
                 return
@@ -120,8 +130,4 @@ class StepStream:
             if not self.reading and not self.outstanding:
                 self.results.put_nowait(None)
 
-        if earlier is not None and not earlier.done() and future.done():
-            # Answered at once, but must not overtake the session's earlier item.
-            earlier.add_done_callback(emit)
-        else:
-            future.add_done_callback(emit)
+        future.add_done_callback(emit)
