@@ -46,6 +46,10 @@ class LoadSpec:
     client_procs: int = 1
     # gRPC channels (TCP connections) per client process.
     channels: int = 1
+    # The front ends' own ports (``serve --frontends K``): each channel then
+    # spreads its calls over them round-robin (the client's ``addresses=``);
+    # empty: every channel goes to ``target``.
+    addresses: list[str] = field(default_factory=list)
     # Prefix of the session ids: unique per run so runs never share sessions.
     session_prefix: str = "lg"
     # Distinct input vectors cycled per session (pre-serialised once).

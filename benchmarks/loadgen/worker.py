@@ -29,17 +29,12 @@ import grpc
 import numpy as np
 
 from benchmarks.loadgen import messages
+from benchmarks.loadgen.channels import open_channel
 from benchmarks.loadgen.messages import ReplyCheck, SessionMessages
 from benchmarks.loadgen.spec import LoadSpec
 
 # At most this many error texts are kept per process.
 MAX_ERROR_SAMPLES = 5
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    # Separate channels must be separate connections, not one shared subchannel.
-    ("grpc.use_local_subchannel_pool", 1),
-]
 
 
 @dataclass
@@ -317,10 +312,7 @@ async def run_process(
 ) -> dict[str, Any]:
     """Drive `indices` sessions; return this process's counts and window."""
     path, plan, check = _plan(spec, indices)
-    channels = [
-        grpc.aio.insecure_channel(spec.target, options=CHANNEL_OPTIONS)
-        for _ in range(spec.channels)
-    ]
+    channels = [open_channel(spec) for _ in range(spec.channels)]
     for channel in channels:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
     tally = Tally()
