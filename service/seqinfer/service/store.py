@@ -19,14 +19,30 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 STORE_FILE = "sessions.sqlite3"
 
 
+class StoreUnavailable(Exception):
+    """The store could not be reached (a networked store: Redis). Callers map
+    it to UNAVAILABLE: the write may be retried once the store is back."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreWrite:
+    """One record with the session's revision: a store that compares-and-sets
+    (RedisStore) never lets a lower revision overwrite a higher one held."""
+
+    key: str
+    revision: int
+    record: bytes
+
+
 class StateStore(Protocol):
-    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
+    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> object:
         """Upsert ``(session_id, record)`` pairs and delete ids, in one transaction."""
         ...
 
