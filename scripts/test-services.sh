@@ -5,11 +5,13 @@
 #                   `promtool` for tests/unit/test_deploy.py
 #   docker-compose  `docker-compose config -q` validates deploy/docker-compose*.yml
 #                   (no Docker engine needed for that)
+#   redis-server    tests/redis_server.py (store_redis tests, the server on Redis)
 # Tests that need a missing tool skip and say which package to install.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq >/dev/null

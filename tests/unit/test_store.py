@@ -40,3 +40,31 @@ def test_a_failed_write_leaves_nothing_of_it(tmp_path: Path):
     store.write([("after", b"y")])  # the connection is usable again
     assert dict(store.read_all()) == {"kept": b"old", "after": b"y"}
     store.close()
+
+
+def test_compare_and_set_on_the_revision(tmp_path: Path):
+    from seqinfer.service.store import StoreWrite
+
+    store = SqliteStore(tmp_path)
+    assert store.write([StoreWrite("a", 5, b"a5"), StoreWrite("b", 1, b"b1")]) == []
+    assert store.write([StoreWrite("a", 4, b"a4"), StoreWrite("b", 2, b"b2")]) == ["a"]
+    assert store.read(["a", "b", "missing"]) == {"a": b"a5", "b": b"b2"}
+    assert store.write([StoreWrite("a", 5, b"a5bis")]) == []  # equal: accepted
+    store.write([("a", b"plain")])  # a plain pair overwrites, keeps the revision
+    assert store.revisions(["a", "b"]) == {"a": 5, "b": 2}
+    assert store.write([StoreWrite("a", 4, b"old")]) == ["a"]
+    assert store.read(["a"]) == {"a": b"plain"}
+
+
+def test_an_old_schema_file_is_migrated_at_revision_zero(tmp_path: Path):
+    from seqinfer.service.store import StoreWrite
+
+    with sqlite3.connect(tmp_path / STORE_FILE) as db:
+        db.execute("CREATE TABLE sessions (session_id TEXT PRIMARY KEY, record BLOB NOT NULL)")
+        db.execute("INSERT INTO sessions VALUES ('old', x'01')")
+    store = SqliteStore(tmp_path)
+    assert dict(store.read_all()) == {"old": b"\x01"}
+    assert store.revisions(["old"]) == {"old": 0}
+    assert store.write([StoreWrite("old", 0, b"\x02")]) == []
+    assert store.read(["old"]) == {"old": b"\x02"}
+    store.close()

@@ -222,6 +222,22 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(
         None, description="Directory of the session store (required unless durability is none)."
     )
+    state_store: Literal["sqlite", "redis"] = Field(
+        "sqlite",
+        description="Where durability keeps sessions: `sqlite` (a file in state_dir) or "
+        "`redis` (redis_url; shared, see docs/durability.md).",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="With state_store redis: the Redis to keep sessions in "
+        "(redis:// or rediss:// URL, password in the URL if any).",
+    )
+    redis_key_prefix: str = Field(
+        "seqinfer:session:",
+        min_length=1,
+        description="With state_store redis: the prefix of every session key "
+        "(several deployments can share one Redis).",
+    )
     snapshot_interval_seconds: float = Field(
         30.0,
         ge=0,
@@ -264,7 +280,7 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (TLS)")
         if self.tls_require_client_cert and self.tls_client_ca_file is None:
             raise ValueError("tls_require_client_cert needs tls_client_ca_file")
-        if self.durability != "none" and self.state_dir is None:
+        if self.durability != "none" and self.state_store == "sqlite" and self.state_dir is None:
             raise ValueError(
                 f"durability {self.durability} needs state_dir (--state-dir or "
                 "SEQINFER_STATE_DIR), the directory its session store lives in"

@@ -21,6 +21,7 @@ from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.security import metrics_tls, server_tls, token_table
+from seqinfer.service.store import StateStore
 from seqinfer.service.tenants import TokenTable
 
 log = logging.getLogger(__name__)
@@ -135,15 +136,8 @@ class SeqinferServer:
         for runtime in runtimes:
             await runtime.start()
         if settings.durability != "none":
-            from seqinfer.service.store import SqliteStore
-
-            assert settings.state_dir is not None  # Settings requires it
             write_through = settings.durability == "write-through"
-            store = await asyncio.to_thread(
-                SqliteStore,
-                settings.state_dir,
-                "FULL" if write_through and settings.sync_commits else "NORMAL",
-            )
+            store = await asyncio.to_thread(_open_store, settings, write_through)
             self._durability = Durability(
                 store, runtimes, settings.snapshot_interval_seconds, write_through
             )
@@ -239,3 +233,18 @@ def _default_model_name(models: list[LoadedModel]) -> str:
 
     names = {m.spec.name for m in models}
     return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in names else models[0].spec.name
+
+
+def _open_store(settings: Settings, write_through: bool) -> StateStore:
+    """The store the settings name; a Redis that cannot be reached fails start-up
+    (StoreUnavailable) rather than serving sessions it could never keep."""
+    if settings.state_store == "redis":
+        from seqinfer.service.store_redis import RedisStore
+
+        return RedisStore(settings.redis_url, settings.redis_key_prefix)
+    from seqinfer.service.store import SqliteStore
+
+    assert settings.state_dir is not None  # Settings requires it
+    return SqliteStore(
+        settings.state_dir, "FULL" if write_through and settings.sync_commits else "NORMAL"
+    )

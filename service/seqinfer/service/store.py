@@ -12,22 +12,49 @@ Every method blocks; callers on the event loop run them in a thread
 to stall serving otherwise. One connection shared by those threads, behind
 a lock: SQLite serialises writers anyway, and calls are rare (a snapshot
 every few seconds at most).
+
+Compare-and-set: a record written as ``StoreWrite`` carries its session's
+revision, and a store never lets a lower one overwrite a higher one held
+(the keys refused are returned), so a late writer cannot put back an older
+state. Plain ``(key, record)`` pairs overwrite, for callers that order their
+writes themselves (the one store thread in ``durability``). The Redis store
+(``store_redis``) keeps the same interface.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 STORE_FILE = "sessions.sqlite3"
 
 
+class StoreUnavailable(Exception):
+    """The store could not be reached (a networked store: Redis). Callers map
+    it to UNAVAILABLE: the write may be retried once the store is back."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreWrite:
+    """One record with the session's revision: a store that compares-and-sets
+    (RedisStore) never lets a lower revision overwrite a higher one held."""
+
+    key: str
+    revision: int
+    record: bytes
+
+
 class StateStore(Protocol):
-    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
+    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> object:
         """Upsert ``(session_id, record)`` pairs and delete ids, in one transaction."""
+        ...
+
+    def read(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The records held for ``keys`` (lazy restore reads a few, not all)."""
         ...
 
     def read_all(self) -> Iterator[tuple[str, bytes]]:
@@ -64,19 +91,53 @@ class SqliteStore:
         # may crash at any point without losing an acknowledged step.
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS sessions "
-            "(session_id TEXT PRIMARY KEY, record BLOB NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, "
+            "record BLOB NOT NULL, revision INTEGER NOT NULL DEFAULT 0)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "revision" not in columns:
+            # A file from before compare-and-set: its records count as revision 0,
+            # so any write with a revision replaces them.
+            self._db.execute("ALTER TABLE sessions ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
 
-    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
+    def write(
+        self,
+        records: Iterable[tuple[str, bytes] | StoreWrite],
+        deletes: Iterable[str] = (),
+    ) -> list[str]:
+        """One transaction; returns the keys refused as stale.
+
+        A ``StoreWrite`` replaces the held record only if its revision is not
+        lower than the held one; a plain pair overwrites and keeps the revision.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                stale: list[str] = []
+                plain: list[tuple[str, bytes]] = []
+                checked: list[StoreWrite] = []
+                for entry in records:
+                    if isinstance(entry, StoreWrite):
+                        checked.append(entry)
+                    else:
+                        plain.append(entry)
                 self._db.executemany(
                     "INSERT INTO sessions (session_id, record) VALUES (?, ?) "
                     "ON CONFLICT(session_id) DO UPDATE SET record = excluded.record",
-                    records,
+                    plain,
                 )
+                for entry in checked:
+                    # Under BEGIN IMMEDIATE nothing else writes between the
+                    # upsert and the count of the rows it changed.
+                    changed = self._db.execute(
+                        "INSERT INTO sessions (session_id, record, revision) VALUES (?, ?, ?) "
+                        "ON CONFLICT(session_id) DO UPDATE SET record = excluded.record, "
+                        "revision = excluded.revision "
+                        "WHERE excluded.revision >= sessions.revision",
+                        (entry.key, entry.record, entry.revision),
+                    ).rowcount
+                    if changed == 0:
+                        stale.append(entry.key)
                 self._db.executemany(
                     "DELETE FROM sessions WHERE session_id = ?", ((sid,) for sid in deletes)
                 )
@@ -84,6 +145,30 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        return stale
+
+    def read(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The records held for ``keys``; keys not held are left out."""
+        with self._lock:
+            found: dict[str, bytes] = {}
+            for key in keys:
+                row = self._db.execute(
+                    "SELECT record FROM sessions WHERE session_id = ?", (key,)
+                ).fetchone()
+                if row is not None:
+                    found[key] = bytes(row[0])
+            return found
+
+    def revisions(self, keys: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            held: dict[str, int] = {}
+            for key in keys:
+                row = self._db.execute(
+                    "SELECT revision FROM sessions WHERE session_id = ?", (key,)
+                ).fetchone()
+                if row is not None:
+                    held[key] = int(row[0])
+            return held
 
     def read_all(self) -> Iterator[tuple[str, bytes]]:
         with self._lock:

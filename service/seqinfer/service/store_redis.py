@@ -1,0 +1,161 @@
+"""The state store on Redis: the same interface as SQLite's, for servers that share one.
+
+Why a script: a snapshot or a write-through batch must land whole, and a
+write carrying an older revision than the one held must never overwrite it
+(a late snapshot chunk racing a newer commit). Redis runs one Lua script
+with nothing interleaved, so one EVALSHA per ``write`` call does the
+compare-and-set for every key of the batch and the deletes together, in one
+round trip. Everything that could make the script fail half-way (types,
+a generator raising) is checked in Python before it is sent.
+
+Key layout: one hash per session, ``<prefix><session key>`` with fields
+``rev`` (decimal revision) and ``record`` (the ``records`` bytes). The
+prefix lets several deployments share a Redis. ``read_all`` walks the
+prefix with SCAN, so it never blocks Redis the way KEYS would.
+
+A lost connection raises ``StoreUnavailable`` (store.py), which callers map
+to UNAVAILABLE; redis-py reconnects on the next call, and re-loads the
+script when a restarted Redis has forgotten it (NOSCRIPT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
+
+import redis
+
+from seqinfer.service.store import StoreUnavailable, StoreWrite
+
+DEFAULT_PREFIX = "seqinfer:session:"
+_READ_CHUNK = 1000
+
+# KEYS: the n written keys, then the deleted ones. ARGV[1] = n, then per
+# written key its revision ('' = unconditional, keeps the held revision) and
+# its record. Returns the written keys refused as stale.
+_CAS = """
+local n = tonumber(ARGV[1])
+local stale = {}
+for i = 1, n do
+  local key = KEYS[i]
+  local rev = ARGV[2 * i]
+  local rec = ARGV[2 * i + 1]
+  if rev == '' then
+    redis.call('HSET', key, 'record', rec)
+    redis.call('HSETNX', key, 'rev', '0')
+  else
+    local held = redis.call('HGET', key, 'rev')
+    if held and tonumber(held) > tonumber(rev) then
+      stale[#stale + 1] = key
+    else
+      redis.call('HSET', key, 'rev', rev, 'record', rec)
+    end
+  end
+end
+for i = n + 1, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+return stale
+"""
+
+T = TypeVar("T")
+
+
+class RedisStore:
+    """Session records in Redis at ``url``, under ``prefix``."""
+
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, timeout: float = 5.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._cas = self._client.register_script(_CAS)
+        # Fail at start-up, not on the first snapshot: a server that cannot
+        # reach its store must not serve sessions it could never keep.
+        self._call(self._client.ping)
+
+    def _call(self, do: Callable[[], T]) -> T:
+        try:
+            return do()
+        except (redis.ConnectionError, redis.TimeoutError) as lost:
+            raise StoreUnavailable(f"redis at {self.url}: {lost}") from lost
+
+    def write(
+        self,
+        records: Iterable[tuple[str, bytes] | StoreWrite],
+        deletes: Iterable[str] = (),
+    ) -> list[str]:
+        """Write and delete in one script; returns the keys refused as stale.
+
+        ``StoreWrite`` entries are compared-and-set on their revision; plain
+        ``(key, record)`` pairs overwrite whatever is held.
+        """
+        keys: list[str] = []
+        args: list[bytes | str | int] = []
+        for entry in records:  # materialised first: a raising generator sends nothing
+            if isinstance(entry, StoreWrite):
+                key, revision, record = entry.key, str(int(entry.revision)), entry.record
+            else:
+                key, record = entry
+                revision = ""
+            if not isinstance(record, bytes | bytearray | memoryview):
+                raise TypeError(f"record for {key} is {type(record).__name__}, not bytes")
+            keys.append(self.prefix + key)
+            args.extend((revision, bytes(record)))
+        dropped = [self.prefix + key for key in deletes]
+        if not keys and not dropped:
+            return []
+        stale = self._call(lambda: self._cas(keys=keys + dropped, args=[len(keys), *args]))
+        cut = len(self.prefix)
+        return [bytes(key).decode()[cut:] for key in stale]
+
+    def read(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The records held for ``keys``; keys not held are left out."""
+        found: dict[str, bytes] = {}
+        for start in range(0, len(keys), _READ_CHUNK):
+            chunk = keys[start : start + _READ_CHUNK]
+
+            def fetch(chunk: Sequence[str] = chunk) -> list[object]:
+                pipe = self._client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.hget(self.prefix + key, "record")
+                return pipe.execute()
+
+            for key, record in zip(chunk, self._call(fetch), strict=True):
+                if isinstance(record, bytes):
+                    found[key] = record
+        return found
+
+    def revisions(self, keys: Sequence[str]) -> dict[str, int]:
+        """The revision held for each of ``keys`` that is held."""
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(self.prefix + key, "rev")
+        held = self._call(pipe.execute)
+        return {k: int(r) for k, r in zip(keys, held, strict=True) if r is not None}
+
+    def _keys(self) -> list[str]:
+        cut = len(self.prefix)
+        pattern = _glob_escape(self.prefix) + "*"
+        return [
+            bytes(key).decode()[cut:]
+            for key in self._call(
+                lambda: list(self._client.scan_iter(match=pattern, count=_READ_CHUNK))
+            )
+        ]
+
+    def read_all(self) -> Iterator[tuple[str, bytes]]:
+        # Keys first, then records: a key deleted in between is simply left out.
+        yield from self.read(self._keys()).items()
+
+    def delete(self, session_ids: Iterable[str]) -> None:
+        self.write((), session_ids)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _glob_escape(text: str) -> str:
+    """SCAN MATCH is a glob: a prefix holding ``*?[]\\`` must match only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
