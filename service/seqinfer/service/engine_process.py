@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -57,6 +57,9 @@ class EngineHost:
         # Steps admitted and not yet answered, by (front end, seq): what a
         # front end's ``cancel`` message recalls.
         self._admitted: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
+        # Per front end, the steps waiting behind one whose session needs the slab
+        # to grow first (``_step``); absent when none waits.
+        self._backlog: dict[bytes, deque[tuple[int, StepCommand]]] = {}
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -99,25 +102,38 @@ class EngineHost:
         self._context.term()
 
     def _step(self, identity: bytes, seq: int, command: StepCommand) -> None:
+        backlog = self._backlog.get(identity)
+        if backlog is not None:
+            # An earlier step of this front end waits for the slab to grow: this
+            # one may be its session's next (a stream's start, then its steps),
+            # so it waits behind it, as a stream's reader waits in one process.
+            backlog.append((seq, command))
+            return
         try:
             admitted = self.engine.try_step(command)
         except SeqinferError as error:
             self._reply(identity, seq, error)
             return
         if admitted is None:  # its new session waits for the slab to grow
-            task = asyncio.get_running_loop().create_task(self._grown(identity, seq, command))
+            self._backlog[identity] = deque([(seq, command)])
+            task = asyncio.get_running_loop().create_task(self._admit_backlog(identity))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
         self._answer_when_done(identity, seq, admitted)
 
-    async def _grown(self, identity: bytes, seq: int, command: StepCommand) -> None:
-        try:
-            admitted = await self.engine.step(command)
-        except SeqinferError as error:
-            self._reply(identity, seq, error)
-            return
-        self._answer_when_done(identity, seq, admitted)
+    async def _admit_backlog(self, identity: bytes) -> None:
+        """Admit a front end's waiting steps in arrival order, growing the slab as needed."""
+        backlog = self._backlog[identity]
+        while backlog:
+            seq, command = backlog.popleft()
+            try:
+                admitted = self.engine.try_step(command) or await self.engine.step(command)
+            except SeqinferError as error:
+                self._reply(identity, seq, error)
+                continue
+            self._answer_when_done(identity, seq, admitted)
+        del self._backlog[identity]  # no await since the loop's last check: nothing new came
 
     def _answer_when_done(self, identity: bytes, seq: int, admitted: Admitted) -> None:
         key = (identity, seq)
@@ -139,6 +155,12 @@ class EngineHost:
         future = self._admitted.pop((identity, seq), None)
         if future is not None and not future.done():
             future.cancel()
+            return
+        backlog = self._backlog.get(identity)
+        if backlog is not None:  # not admitted yet: it never will be
+            kept = [entry for entry in backlog if entry[0] != seq]
+            backlog.clear()
+            backlog.extend(kept)
 
     async def _call(self, identity: bytes, seq: int, method: str, args: tuple[Any, ...]) -> None:
         try:
