@@ -181,6 +181,10 @@ def _wait_line(server: ServerProcess, prefix: str, timeout: float) -> str:
     found: list[str] = []
 
     def probe() -> bool:
+        # The log is created by the process's output pump thread, which may
+        # not have opened it yet on the first poll.
+        if not server.log_path.exists():
+            return False
         for line in server.log_path.read_text(errors="replace").splitlines():
             if line.startswith(prefix):
                 found.append(line)
