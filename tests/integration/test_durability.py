@@ -19,7 +19,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from seqinfer.cli.main import app
 from seqinfer.service.records import ArrayRecord, SessionRecord
 from seqinfer.service.store import STORE_FILE
 from seqinfer.v1 import seqinfer_pb2 as pb
@@ -171,6 +173,7 @@ def _record(state_dir: Path, session_id: str) -> bytes:
 
 def test_bad_records_are_refused_by_name_and_the_rest_restored(tmp_path: Path):
     ids = ["good-1", "good-2", "truncated", "bad-checksum", "wrong-model", "wrong-shape"]
+    ids += ["foreign-bytes", "misfiled"]
     x = to_tensor(np.ones((3, 64), np.float32))
     with _serve(tmp_path) as server, grpc.insecure_channel(server.address()) as channel:
         api = pb_grpc.SeqinferStub(channel)
@@ -192,21 +195,33 @@ def test_bad_records_are_refused_by_name_and_the_rest_restored(tmp_path: Path):
     state = record.state
     half = ArrayRecord(state.dtype, (2, 128), state.data[: len(state.data) // 2])
     _rewrite(tmp_path, "wrong-shape", replace(record, state=half).encode())
+    # Bytes that were never a record (another program's blob), and a whole,
+    # valid record filed under another session's key.
+    _rewrite(tmp_path, "foreign-bytes", b"PK\x03\x04" + bytes(range(256)) * 4)
+    _rewrite(tmp_path, "misfiled", _record(tmp_path, "good-2"))
+    # The operator's view agrees on what cannot be decoded; fitting a model is the server's call.
+    listed = CliRunner().invoke(app, ["sessions", "list", "--state-dir", str(tmp_path)])
+    status = {line.split()[1]: line.split()[-1] for line in listed.stdout.splitlines()[1:]}
+    refused = {"truncated", "bad-checksum", "foreign-bytes", "misfiled"}
+    assert {sid for sid, word in status.items() if word != "ok"} == refused, listed.stdout
 
     with _serve(tmp_path) as server, grpc.insecure_channel(server.address()) as channel:
         api = pb_grpc.SeqinferStub(channel)
         log = server.log()
-        assert "restored 2 sessions in" in log and "refused 4" in log
+        assert "restored 2 sessions in" in log and "refused 6" in log
         assert "session 'truncated': truncated record" in log
         assert "session 'bad-checksum': checksum mismatch" in log
         assert "session 'wrong-model': model no-such-model:" in log
         assert "session 'wrong-shape': state shape [2, 128] does not match" in log
+        assert "session 'foreign-bytes': not a seqinfer session record (bad magic)" in log
+        assert "session 'misfiled': record is of session 'good-2'" in log
         assert _exports(api, ["good-1", "good-2"]) == before
         reply = api.Step(pb.StepRequest(session_id="good-1", inputs=x), timeout=60)
         assert reply.step == 6
-        with pytest.raises(grpc.RpcError) as info:
-            api.GetSession(pb.GetSessionRequest(session_id="truncated"), timeout=60)
-        assert error_reason(info.value)[1] == "SESSION_NOT_FOUND"
+        for lost in ids[2:]:
+            with pytest.raises(grpc.RpcError) as info:
+                api.GetSession(pb.GetSessionRequest(session_id=lost), timeout=60)
+            assert error_reason(info.value)[1] == "SESSION_NOT_FOUND", lost
 
 
 def test_sessions_of_two_tenants_with_one_id_come_back_each_to_its_tenant(tmp_path: Path):

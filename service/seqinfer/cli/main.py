@@ -41,6 +41,9 @@ def _register_commands() -> None:
     from seqinfer.cli import token_cmd
 
     token_cmd.register(app)
+    from seqinfer.cli import sessions_cmd
+
+    sessions_cmd.register(app)
 
 
 _register_commands()
