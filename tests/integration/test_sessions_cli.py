@@ -141,6 +141,13 @@ def test_export_filters_by_tenant_and_model_and_writes_to_stdout(store: Path):
     assert keys("--model", "m:2") == []
 
 
+def test_an_export_that_cannot_be_written_says_so_and_leaves_no_file(store: Path, tmp_path: Path):
+    out = tmp_path / "no-such-dir" / "x.sqx"
+    result = _cli("export", "--state-dir", str(store), "--out", str(out))
+    assert result.exit_code == 1 and f"cannot write {out}" in result.stderr
+    assert not out.parent.exists()
+
+
 def _archive(tmp_path: Path, entries: list[tuple[str, bytes]]) -> Path:
     path = tmp_path / "export.sqx"
     with open(path, "wb") as file:

@@ -83,7 +83,8 @@ def _help(path: tuple[str, ...]) -> str:
 
 def test_the_tree_is_walked() -> None:
     names = {" ".join(p) for p in PATHS}
-    for expected in ("serve", "health", "demo", "models", "step", "session open", "model import"):
+    expected_names = ("serve", "health", "demo", "models", "step", "session open", "model import")
+    for expected in (*expected_names, "sessions list", "sessions export", "sessions import"):
         assert expected in names
 
 

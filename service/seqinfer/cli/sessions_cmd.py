@@ -23,6 +23,7 @@ stderr with the session named), 2 for a usage error.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -233,8 +234,16 @@ def register(app: typer.Typer) -> None:
             write_archive(sys.stdout.buffer, pairs)
             sys.stdout.buffer.flush()
         else:
-            with open(out, "wb") as file:
-                write_archive(file, pairs)
+            # Written aside and renamed: a failed export never leaves a
+            # half-file under the name a backup script will keep.
+            part = Path(f"{out}.part")
+            try:
+                with open(part, "wb") as file:
+                    write_archive(file, pairs)
+                os.replace(part, out)
+            except OSError as exc:
+                part.unlink(missing_ok=True)
+                raise _fail(f"cannot write {out}: {exc}") from exc
         typer.echo(f"exported {len(pairs)} sessions, skipped {len(skipped)} refused", err=True)
         if skipped:
             raise typer.Exit(1)
@@ -301,6 +310,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Delete stored sessions by id (stop the server first, or it writes them back)."""
         known = {e.key for e in read_store(state_dir)}
+        session_ids = list(dict.fromkeys(session_ids))  # each id once, in order
         keys = [session_key(tenant, sid) for sid in session_ids]
         missing = [sid for sid, key in zip(session_ids, keys) if key not in known]
         store = SqliteStore(state_dir)
