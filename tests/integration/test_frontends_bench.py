@@ -47,9 +47,13 @@ def test_tiny_run_measures_every_figure(tmp_path: Path) -> None:
         assert cell["calls_complete"], key
         fronts = [n for n in cell["cpu_s"] if n.startswith("frontend-")]
         assert len(fronts) == cell["frontends"], key
-    # Round-robin reaches both front ends: each finished some of the streams.
+    # The round-robin cell's calls are counted per front end. How they split is
+    # the figure (streams opened before the second subchannel connects all go
+    # to the first, more so on a loaded machine), not something to assert here;
+    # that the client's round-robin reaches every address is
+    # tests/integration/test_client_addresses.py's.
     rr = repeat["k2-rr/N256"]["calls"]
-    assert sorted(rr) == ["0", "1"] and all(n > 0 for n in rr.values())
+    assert set(rr) <= {"0", "1"} and sum(rr.values()) > 0
     sat = data["saturation"]
     assert sat["errors"] == 0 and sat["items"] > 0 and sat["replayed_messages"] > 0
     assert 0 < sat["compute_cpu_s"] <= sat["engine_cpu_s"]

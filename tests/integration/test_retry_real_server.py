@@ -173,6 +173,17 @@ def _queue_depth(server: Any) -> int:
     return int(server.run_sync(lambda: server.server.runtimes[0].scheduler.queue_depth))
 
 
+def _queued_abandoned(server: Any) -> bool:
+    """Every queued step's caller is gone. In one process that is so the moment the
+    stream ends; through a front end, once its recall has reached the engine."""
+
+    def check() -> bool:
+        sessions = server.server.runtimes[0].table.by_id.values()
+        return all(item.abandoned() for s in sessions for item in (s.pending or ()))
+
+    return bool(server.run_sync(check))
+
+
 # ------------------------------------------------------------ unary retries --
 
 
@@ -261,6 +272,7 @@ def test_stream_break_resends_unanswered_steps_exactly_once():
                 lambda: recorder.events["finished", "StreamSteps", "CANCELLED"] == 1,
                 what="the server saw the stream end",
             )
+            wait_until(lambda: _queued_abandoned(server), what="the queued steps abandoned")
             gate.open()
             wait_until(lambda: _queue_depth(server) == 0, what="the queued steps dropped")
             assert _step_of(server, "s") == 1  # only the step that was in the engine
@@ -363,6 +375,7 @@ async def test_async_stream_break_resends_unanswered_steps_exactly_once():
                         lambda: recorder.events["finished", "StreamSteps", "CANCELLED"] == 1,
                         "the server saw the stream end",
                     )
+                    await wait(lambda: _queued_abandoned(server), "the queued steps abandoned")
                     gate.open()
                     await wait(lambda: _queue_depth(server) == 0, "the queued steps dropped")
                     proxy.release()
