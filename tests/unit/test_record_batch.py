@@ -15,11 +15,11 @@ import math
 import numpy as np
 import torch
 
-from seqinfer.service.durability import Taken, encode_all
+from seqinfer.service.durability import Taken
 from seqinfer.service.models.builtin import bench_gru
 from seqinfer.service.protocol import StepOutcome
 from seqinfer.service.record_batch import encode_batch
-from seqinfer.service.records import SessionRecord
+from seqinfer.service.records import ArrayRecord, ReplayRecord, SessionRecord
 from seqinfer.service.tenants import session_key
 
 SPEC = bench_gru().spec
@@ -56,11 +56,35 @@ def _taken() -> list[Taken]:
     return taken
 
 
+def _one_by_one(taken: list[Taken], states: torch.Tensor) -> list[tuple[str, bytes]]:
+    """The reference: each session through ``SessionRecord.encode``."""
+    raw = states.contiguous().view(torch.uint8).numpy()
+    shape = (SPEC.num_layers, SPEC.hidden_size)
+    out = []
+    for i, t in enumerate(taken):
+        replay = None
+        if t.replay is not None:
+            request_id, before, reply = t.replay
+            arrays = [
+                None if a is None else ArrayRecord(a.dtype.str, a.shape, a.tobytes())
+                for a in (reply.outputs, reply.state)
+            ]
+            replay = ReplayRecord(
+                request_id, before, reply.step, arrays[0], arrays[1], reply.created, reply.closed
+            )
+        record = SessionRecord(
+            t.session_id, SPEC.name, SPEC.version, ArrayRecord(SPEC.dtype, shape, raw[i].tobytes()),
+            t.step, t.idle_ttl, t.created_at, t.last_used_wall, replay, t.tenant,
+        )  # fmt: skip
+        out.append((t.key, record.encode()))
+    return out
+
+
 def test_batch_encoding_is_byte_identical_to_the_record_encoder():
     taken = _taken()
     states = torch.randn(len(taken), SPEC.num_layers, SPEC.hidden_size)
     fast = encode_batch(SPEC, taken, states)
-    slow = encode_all(SPEC, taken, states)
+    slow = _one_by_one(taken, states)
     assert [key for key, _ in fast] == [key for key, _ in slow]
     for (key, got), (_, want) in zip(fast, slow):
         assert got == want, key

@@ -132,10 +132,6 @@ class Durability:
         loop.run_in_executor(self._io, write).add_done_callback(committed)
         return done
 
-    def held(self, key: str) -> Marker | None:
-        """What the store was last told of a session (step, last use), if anything."""
-        return self._written.get(key)
-
     # ------------------------------------------------------------ restore --
 
     async def restore(self) -> tuple[int, int]:
@@ -230,7 +226,7 @@ class Durability:
                     if not taken:
                         continue
                     states = await asyncio.wrap_future(runtime.submit_read(slots))
-                    encoded = await asyncio.to_thread(encode_all, runtime.spec, taken, states)
+                    encoded = await asyncio.to_thread(encode_batch, runtime.spec, taken, states)
                     records.extend(encoded)
                     markers.update((t.key, (t.step, t.last_used)) for t in taken)
             live: dict[str, Session] = {}
@@ -291,10 +287,6 @@ class Durability:
 
 
 # ------------------------------------------------- conversions (threads) --
-
-
-# Snapshots and write-through commits encode through the one batch encoder.
-encode_all = encode_batch
 
 
 def _decode_all(rows: list[tuple[str, bytes]]) -> tuple[list[SessionRecord], list[RecordError]]:
