@@ -79,6 +79,25 @@ class ReadyRing:
         self._count -= 1
         return session
 
+    def take(self, limit: int) -> list[Session]:
+        """Up to ``limit`` sessions in ``popleft`` order, in one call (a batch's worth)."""
+        if len(self._turn) == 1:  # one tenant: FIFO, no turns to keep
+            tenant = self._turn[0]
+            sessions = self._by_tenant[tenant]
+            if len(sessions) <= limit:
+                taken = list(sessions)
+                del self._by_tenant[tenant]
+                self._turn.clear()
+            else:
+                popleft = sessions.popleft
+                taken = [popleft() for _ in range(limit)]
+            self._count -= len(taken)
+            return taken
+        taken = []
+        while self._count and len(taken) < limit:
+            taken.append(self.popleft())
+        return taken
+
     def tenants(self) -> int:
         return len(self._turn)
 

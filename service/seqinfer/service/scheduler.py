@@ -290,16 +290,22 @@ class Scheduler:
     def _take_batch(self) -> list[StepItem]:
         batch: list[StepItem] = []
         now = time.monotonic()
-        while self._ready and len(batch) < self.max_batch_size:
-            session = self._ready.popleft()  # round-robin by tenant (queues.ReadyRing)
-            item = first_runnable(
-                session, now, self.queues, self.observer, self.model_key, self._uncommitted
-            )
-            if item is not None:
-                session.busy = True
-                batch.append(item)
-            elif session.close_waiter is not None:
-                self._close_if_idle(session)
+        limit = self.max_batch_size
+        while len(batch) < limit:
+            # Round-robin by tenant (queues.ReadyRing); a session with nothing
+            # runnable left leaves room for the next ones.
+            sessions = self._ready.take(limit - len(batch))
+            if not sessions:
+                break
+            for session in sessions:
+                item = first_runnable(
+                    session, now, self.queues, self.observer, self.model_key, self._uncommitted
+                )
+                if item is not None:
+                    session.busy = True
+                    batch.append(item)
+                elif session.close_waiter is not None:
+                    self._close_if_idle(session)
         self.queues.batch_taken(now)
         return batch
 

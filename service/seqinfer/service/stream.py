@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from seqinfer.service import convert
 from seqinfer.service.config import Settings
@@ -41,8 +42,9 @@ class StepStream:
         self.builder = results
         self.deadline = deadline
         self.results: asyncio.Queue[tuple[pb.StepResult, int] | None] = asyncio.Queue()
-        # Per session: the emission of its latest request's result (see _track).
-        self.latest: dict[str, asyncio.Future[None]] = {}
+        # Per session: a future done once its latest request's result is emitted
+        # or queued to be (see _track).
+        self.latest: dict[str, asyncio.Future[Any]] = {}
         self.outstanding: set[asyncio.Future[StepOutcome]] = set()
         self.reading = True
         self.max_unsent = settings.max_stream_unsent
@@ -112,7 +114,13 @@ class StepStream:
         # here or, through a front end, by the engine's first reply) must not
         # overtake the session's earlier item still computing.
         before = self.latest.get(key)
-        emitted: asyncio.Future[None] = future.get_loop().create_future()
+        # With nothing of the session's unemitted before it (the usual case), the
+        # request's own future serves: its emit was added before any later
+        # request's emit is chained on that future, so it runs first. Only a
+        # request that may be held back by an earlier one needs its own marker.
+        emitted: asyncio.Future[Any] = (
+            future if before is None else future.get_loop().create_future()
+        )
         self.latest[key] = emitted
 
         def emit(_: object) -> None:
@@ -122,7 +130,8 @@ class StepStream:
             self.outstanding.discard(future)
             if self.latest.get(key) is emitted:
                 del self.latest[key]
-            emitted.set_result(None)
+            if emitted is not future:
+                emitted.set_result(None)
             if future.cancelled():
                 self._sent(cost)
                 return
