@@ -155,8 +155,8 @@ class ModelRuntime:
         if self.tiering is not None and not self.slab.has_free():
             if not await self.tiering.make_room(1):
                 raise CapacityFull(
-                    f"all {self.table.device_count} sessions on the device have work queued or "
-                    "in flight, none can be spilled to the store; retry",
+                    "the state slab has no slot for a session (device_sessions or "
+                    "max_state_bytes allows none)",
                     max_sessions=self.table.max_sessions,
                 )
 

@@ -24,6 +24,7 @@ is where the sessions to spill are found without walking the store tier.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
@@ -42,8 +43,6 @@ from seqinfer.service.slab import StateSlab
 from seqinfer.service.tenants import session_key
 
 if TYPE_CHECKING:
-    import asyncio
-
     from seqinfer.service.protocol import StepOutcome
     from seqinfer.service.work import StepItem
 
@@ -112,6 +111,9 @@ class SessionTable:
         self._min_ttl = default_ttl if default_ttl > 0 else float("inf")
         # With tiers: the sessions holding a slot, least recently used first.
         self.on_device: OrderedDict[str, Session] | None = None
+        # Set when a device session may have become idle (a step of it completed)
+        # or freed its slot: ``tiering`` waits on it for something to spill.
+        self.settled: asyncio.Event | None = None
 
     def enable_tiers(self) -> None:
         """From now on ``max_sessions`` counts both tiers, and a full slab is the
@@ -149,6 +151,8 @@ class SessionTable:
         self.by_id.move_to_end(session.key)
         if self.on_device is not None and session.slot >= 0:
             self.on_device.move_to_end(session.key)
+            if self.settled is not None:
+                self.settled.set()
 
     # ----------------------------------------------------------- lifecycle --
 
@@ -252,6 +256,8 @@ class SessionTable:
             self.on_device.pop(session.key, None)
         if session.slot >= 0:
             self._release_slot(session.slot)
+            if self.settled is not None:
+                self.settled.set()
         if why is not None and why is not SessionNotFound:
             self._tombstones[session.key] = why
             while len(self._tombstones) > TOMBSTONE_LIMIT:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 # Sessions spilled together at least (one store transaction), so that a stream
 # of new sessions does not cost one transaction each; a small slab spills less.
 SPILL_GROUP = 64
+# Seconds between looks for an idle session while every device session has work.
+SETTLE_CHECK = 0.05
 # Records read and restored in one go.
 RESTORE_GROUP = 256
 
@@ -114,17 +116,30 @@ class Tiering:
     # -------------------------------------------------------------- spill --
 
     async def make_room(self, need: int) -> bool:
-        """Spill until a slot is free; False when none can be: every session on the
-        device has work queued or in flight, and no spill is under way."""
+        """Spill until a slot is free (waiting, while every device session has work,
+        for one to be idle); False when there is no device session to spill at all."""
+        table = self.table
         while not self.slab.has_free():
-            victims = self.table.spill_candidates(max(need, self.group))
+            victims = table.spill_candidates(max(need, self.group))
             if victims:
                 await self._spill(victims)
             elif self._spilling:
                 # The idle ones are being spilled by another caller: wait for one to end.
                 await asyncio.wait(set(self._spilling), return_when=asyncio.FIRST_COMPLETED)
-            else:
+            elif not table.device_count:
                 return False
+            else:
+                # Every device session has work (e.g. one StepMany opening more sessions
+                # than device_sessions): wait for a step to complete, then look again.
+                # The timeout re-checks what completes without a step (a cancelled one).
+                settled = table.settled or asyncio.Event()
+                table.settled = settled
+                try:
+                    await asyncio.wait_for(settled.wait(), SETTLE_CHECK)
+                except TimeoutError:
+                    pass
+                if table.settled is settled:
+                    table.settled = None
         return True
 
     async def _spill(self, victims: list[Session]) -> int:
