@@ -1,7 +1,9 @@
 """Snapshot mode: every model's sessions written to a state store, and restored on start.
 
 Three moments (``server`` calls them): ``restore`` before the server serves,
-eagerly, every record; ``start``, a periodic snapshot every
+eagerly, every record (with tiers, the most recent ``device_sessions`` onto
+the device and the rest left in the store; ``restore: lazy`` is
+``tiering.lazy_restore`` instead); ``start``, a periodic snapshot every
 ``snapshot_interval_seconds`` of the sessions changed since the last one;
 ``close`` after the drain, a snapshot of every session, so a clean SIGTERM
 loses nothing and a crash loses at most one interval of steps.

@@ -280,6 +280,15 @@ class ModelRuntime:
         refused: list[tuple[str, str]] = []
         now_wall, now = time.time(), time.monotonic()
         for i, record in enumerate(records):
+            tiering = self.tiering
+            if tiering is not None and not self.slab.has_free() and not self.slab.needs_growth():
+                # No room left (growth ran out of memory): a spill now would write a
+                # session restored above before its state is scattered. Keep it in the store.
+                try:
+                    tiering.add_in_store(record.session_id, record.tenant, record)
+                except SeqinferError as exc:
+                    refused.append((record.session_id, str(exc)))
+                continue
             try:
                 session = self.create_session_now(record.session_id, record.idle_ttl, record.tenant)
                 while session is None:
