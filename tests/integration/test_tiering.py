@@ -223,3 +223,38 @@ def test_a_corrupt_record_met_on_restore_is_refused_by_name(
         with pytest.raises(grpc.RpcError) as gone:
             api.GetSession(pb.GetSessionRequest(session_id="c0"), timeout=60)
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_lazy_restore_without_a_device_bound_restores_on_first_use(tmp_path: Path):
+    ids = [f"z{i}" for i in range(12)]
+    with _server(tmp_path, "snapshot", device_sessions=0) as server, stub(server.address) as api:
+        for sid in ids:
+            api.Step(_request(sid, 0, 0), timeout=60)
+    observer = PrometheusObserver()
+    with (
+        _server(
+            tmp_path, "snapshot", device_sessions=0, restore="lazy", observer=observer
+        ) as server,
+        stub(server.address) as api,
+    ):
+        runtime = server.server.runtimes[0]
+        stats = server.run_sync(runtime.stats)
+        assert stats.sessions_by_tier == {"device": 0, "store": len(ids)}
+        first = len(_inputs(ids[0], 0))
+        reply = api.Step(_request(ids[0], 1, first), timeout=60)
+        np.testing.assert_allclose(
+            from_tensor(reply.outputs), _reference(ids[0], 2)[first:], rtol=1e-4, atol=1e-5
+        )
+        stats = server.run_sync(runtime.stats)
+        assert stats.sessions_by_tier == {"device": 1, "store": len(ids) - 1}
+        models, _ = observer.totals()
+        assert models[runtime.key].restored == 1
+
+
+def test_tiers_need_durability():
+    from seqinfer.service.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="need durability"):
+        load_settings(device_sessions=8)
+    with pytest.raises(ConfigError, match="need durability"):
+        load_settings(restore="lazy")
