@@ -186,7 +186,7 @@ class Durability:
                 # The most recently used go to the device, the others stay in the store.
                 cut = max(0, len(group) - tiering.device_room())
                 for record in group[:cut]:
-                    tiering.add_in_store(record.session_id, record.tenant, record)
+                    tiering.add_record(record)
                 restored += cut
                 group = group[cut:]
             states, replies = await asyncio.to_thread(_to_tensors, runtime.spec, group)

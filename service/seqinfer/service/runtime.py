@@ -285,7 +285,7 @@ class ModelRuntime:
                 # No room left (growth ran out of memory): a spill now would write a
                 # session restored above before its state is scattered. Keep it in the store.
                 try:
-                    tiering.add_in_store(record.session_id, record.tenant, record)
+                    tiering.add_record(record)
                 except SeqinferError as exc:
                     refused.append((record.session_id, str(exc)))
                 continue

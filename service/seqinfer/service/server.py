@@ -144,7 +144,8 @@ class SeqinferServer:
             if write_through:
                 attach_write_through(self._durability, runtimes, self.observer)
             if settings.device_sessions or settings.restore == "lazy":
-                from seqinfer.service.tiering import Tiering, lazy_restore
+                from seqinfer.service.lazy_restore import lazy_restore
+                from seqinfer.service.tiering import Tiering
 
                 tierings = [Tiering(r, self._durability, self.observer) for r in runtimes]
             if settings.restore == "lazy":

@@ -28,9 +28,9 @@ is missing or does not check is refused with a warning naming the session,
 its steps get SESSION_NOT_FOUND saying why, the session leaves the table
 (the record stays in the store, as an eager restore leaves a refused one).
 
-A lazy restore (setting ``restore: lazy``) is this path from the start: it
-reads each record's header only (``records.peek``) and registers every
-session in the store tier.
+A lazy restore (``lazy_restore``, setting ``restore: lazy``) is this path
+from the start: every session registered in the store tier from its
+record's header.
 """
 
 from __future__ import annotations
@@ -39,17 +39,14 @@ import asyncio
 import logging
 import time
 from itertools import islice
-from typing import TYPE_CHECKING, Any
-
-import msgspec
+from typing import TYPE_CHECKING
 
 from seqinfer.service.durability import Durability, _to_tensors
 from seqinfer.service.errors import SeqinferError, SessionNotFound, StoreUnavailable, echo
 from seqinfer.service.observer import Observer
 from seqinfer.service.record_batch import encode_batch
-from seqinfer.service.records import HEAD_BYTES, RecordError, SessionRecord, check_fits, peek
+from seqinfer.service.records import RecordError, SessionRecord, check_fits
 from seqinfer.service.sessions import Session
-from seqinfer.service.tenants import session_key
 
 if TYPE_CHECKING:
     from seqinfer.service.runtime import ModelRuntime
@@ -96,22 +93,33 @@ class Tiering:
 
     # ------------------------------------------------------ known at start --
 
+    def add_record(self, record: SessionRecord) -> Session:
+        """A session of the store registered without its state, from its record."""
+        return self.add_in_store(
+            record.session_id,
+            record.tenant,
+            record.step,
+            record.idle_ttl,
+            record.created_at,
+            record.last_used,
+        )
+
     def add_in_store(
-        self, session_id: str, tenant: str, record: SessionRecord | dict[str, Any]
+        self,
+        session_id: str,
+        tenant: str,
+        step: int,
+        idle_ttl: float,
+        created_at: float,
+        last_used_wall: float,
+        clocks: tuple[float, float] | None = None,
     ) -> Session:
-        """A session of the store registered without its state (a record, or a
-        record's meta as ``records.peek`` read it)."""
-        if isinstance(record, SessionRecord):
-            step, ttl, created, used = (
-                record.step, record.idle_ttl, record.created_at, record.last_used
-            )  # fmt: skip
-        else:
-            step, ttl = int(record["step"]), float(record["idle_ttl"])
-            created, used = float(record["created_at"]), float(record["last_used"])
-        now_wall, now = time.time(), time.monotonic()
+        """A session of the store registered without its state. ``clocks``: (wall,
+        monotonic) now, read once by a caller registering many."""
+        now_wall, now = clocks or (time.time(), time.monotonic())
         # Idle time goes on across the downtime, as for an eager restore.
-        last_used = now - max(0.0, now_wall - used)
-        session = self.table.add_in_store(session_id, tenant, ttl, created, last_used)
+        last_used = now - max(0.0, now_wall - last_used_wall)
+        session = self.table.add_in_store(session_id, tenant, idle_ttl, created_at, last_used)
         self.scheduler.restore(session, step, "", -1, None)
         self.durability.remember(session.key, (step, last_used))
         return session
@@ -178,7 +186,8 @@ class Tiering:
             ) from exc
         freed = 0
         for victim in victims:
-            if not victim.pending and victim.close_waiter is None and not victim.closed:
+            written = victim.key in markers
+            if written and not victim.pending and victim.close_waiter is None and not victim.closed:
                 # Its replay record is in the store with its state: memory holds neither.
                 self.scheduler.restore(victim, victim.step, "", -1, None)
                 self.runtime.release_slot(self.table.to_store(victim))
@@ -344,80 +353,3 @@ class Tiering:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(error)
-
-
-_JSON = msgspec.json.Decoder()
-
-
-def _meta(head: bytes, key: str) -> dict[str, Any]:
-    """A record's meta from its header bytes (msgspec: json.loads is a third of a
-    100,000-session lazy start)."""
-    raw = peek(head, key)
-    if raw is None:
-        raise LookupError(key)
-    try:
-        meta = _JSON.decode(raw)
-        if not isinstance(meta, dict):
-            raise TypeError("meta is not an object")
-        sid = str(meta["session_id"])
-    except (msgspec.DecodeError, KeyError, TypeError) as exc:
-        raise RecordError(key, f"malformed record: {exc}") from exc
-    if session_key(str(meta.get("tenant", "")), sid) != key:
-        raise RecordError(key, f"record is of session {sid!r}")
-    return meta
-
-
-async def lazy_restore(durability: Durability, tierings: list[Tiering]) -> tuple[int, int]:
-    """Register every stored session in the store tier from its record's header;
-    returns (known, refused). The states are read on each session's first use."""
-    started = time.monotonic()
-    store = durability.store
-    read_heads = getattr(store, "read_heads", None)
-
-    def heads() -> list[tuple[str, bytes]]:
-        if read_heads is not None:
-            return list(read_heads(HEAD_BYTES))
-        return [(key, data[:HEAD_BYTES]) for key, data in store.read_all()]
-
-    rows = await asyncio.to_thread(heads)
-    by_key = {t.runtime.key: t for t in tierings}
-    metas: list[tuple[str, dict[str, Any]]] = []
-    refused: list[RecordError] = []
-    for key, head in rows:
-        try:
-            try:
-                meta = _meta(head, key)
-            except LookupError:  # ids longer than the head: read this one whole
-                meta = _meta((await durability.read([key])).get(key, b""), key)
-            metas.append((key, meta))
-        except (RecordError, LookupError) as bad:
-            refused.append(bad if isinstance(bad, RecordError) else RecordError(key, "truncated"))
-    metas.sort(key=lambda m: float(m[1].get("last_used", 0.0)))
-    known = 0
-    for _key, meta in metas:
-        sid = str(meta.get("session_id"))
-        try:
-            model = f"{meta.get('model')}:{meta.get('model_version')}"
-            tiering = by_key.get(model)
-            if tiering is None:
-                raise RecordError(sid, f"model {model} is not served here")
-            spec = tiering.runtime.spec
-            state = meta.get("state")
-            shape = [spec.num_layers, spec.hidden_size]
-            if not isinstance(state, dict) or state.get("dtype") != spec.dtype:
-                raise RecordError(sid, f"state dtype does not match model {model}")
-            if list(state.get("shape", ())) != shape:
-                raise RecordError(sid, f"state shape does not match model {model} ({shape})")
-            tiering.add_in_store(sid, str(meta.get("tenant", "")), meta)
-            known += 1
-        except (RecordError, SeqinferError, KeyError, TypeError, ValueError) as bad:
-            refused.append(bad if isinstance(bad, RecordError) else RecordError(sid, str(bad)))
-    for error in refused:
-        log.warning("session not restored: %s", error)
-    log.info(
-        "restored %d sessions lazily (headers read, states on first use) in %.3f s, refused %d",
-        known,
-        time.monotonic() - started,
-        len(refused),
-    )
-    return known, len(refused)
