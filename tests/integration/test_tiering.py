@@ -258,3 +258,39 @@ def test_tiers_need_durability():
         load_settings(device_sessions=8)
     with pytest.raises(ConfigError, match="need durability"):
         load_settings(restore="lazy")
+
+
+def test_fork_and_import_of_a_session_in_the_store(tmp_path: Path):
+    with _server(tmp_path) as server, stub(server.address) as api:
+        for i in range(DEVICE + 1):  # k0 is spilled to make room for the last
+            api.Step(_request(f"k{i}", 0, 0), timeout=60)
+        runtime = server.server.runtimes[0]
+        assert server.run_sync(lambda: runtime.table.get("k0").slot) == IN_STORE
+        fork = api.ForkSession(
+            pb.ForkSessionRequest(session_id="k0", new_session_id="k0-fork"), timeout=60
+        )
+        first = len(_inputs("k0", 0))
+        assert fork.step == first
+        # The fork goes on from the source's state: its next step is the source's would-be one.
+        reply = api.Step(
+            pb.StepRequest(
+                session_id="k0-fork",
+                inputs=to_tensor(_inputs("k0", 1)),
+                output_mode=pb.OUTPUT_MODE_ALL,
+            ),
+            timeout=60,
+        )
+        np.testing.assert_allclose(
+            from_tensor(reply.outputs), _reference("k0", 2)[first:], rtol=1e-4, atol=1e-5
+        )
+        # Import over a session in the store: its state replaced, the counter set.
+        spilled = server.run_sync(
+            lambda: next(s.session_id for s in runtime.table.by_id.values() if s.slot == IN_STORE)
+        )
+        state = np.full((MODEL.spec.num_layers, MODEL.spec.hidden_size), 0.25, np.float32)
+        api.ImportState(
+            pb.ImportStateRequest(session_id=spilled, state=to_tensor(state), step=7), timeout=60
+        )
+        exported = api.ExportState(pb.ExportStateRequest(session_id=spilled), timeout=60)
+        assert exported.session.step == 7
+        np.testing.assert_array_equal(from_tensor(exported.state), state)
