@@ -191,7 +191,7 @@ def test_pull_gauges_from_stats_provider(exporter: MetricsExporter) -> None:
     s = scrape(exporter.port)
     assert value(s, "seqinfer_sessions", model=MODEL, tier="device") == 3
     assert value(s, "seqinfer_sessions", model=MODEL, tier="host") == 1
-    assert value(s, "seqinfer_sessions", model=MODEL, tier="snapshot") == 0  # zero-filled
+    assert value(s, "seqinfer_sessions", model=MODEL, tier="store") == 0  # zero-filled
     assert value(s, "seqinfer_state_slab_capacity_slots", model=MODEL) == 1024
     assert value(s, "seqinfer_state_slab_used_slots", model=MODEL) == 4
     assert value(s, "seqinfer_state_slab_bytes", model=MODEL) == 1024 * 2 * 256 * 4

@@ -57,6 +57,13 @@ def serve(
             help="write-through: fsync each batch's commit [default: on].",
         ),
     ] = None,
+    device_sessions: Annotated[
+        int | None,
+        typer.Option(help="Slab slots per model; idle sessions beyond spill to the store."),
+    ] = None,
+    restore: Annotated[
+        str | None, typer.Option(help="eager | lazy: restore sessions at start or on first use.")
+    ] = None,
     frontends: Annotated[
         str | None,
         typer.Option(help="gRPC front-end processes (a number, or auto) [default: auto]."),
@@ -91,6 +98,8 @@ def serve(
             state_dir=state_dir,
             snapshot_interval_seconds=snapshot_interval_seconds,
             sync_commits=sync_commits,
+            device_sessions=device_sessions,
+            restore=restore,
             frontends=None if frontends in (None, "auto") else _count(frontends),
         )
     except ConfigError as exc:

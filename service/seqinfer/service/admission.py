@@ -323,6 +323,8 @@ class Admission:
                     session, values, future, request_id, expected_step, reset, end, mode,
                     return_state, deadline, created, reply, sink, index,
                 )  # fmt: skip
+                if session.slot < 0 and runtime.tiering is not None:
+                    runtime.tiering.bring_back(session)  # its steps queue behind the restore
                 try:
                     runtime.scheduler.submit(item)
                 except SeqinferError:

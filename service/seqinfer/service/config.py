@@ -246,6 +246,20 @@ class Settings(BaseSettings):
         "how often what no step wrote (forks, imports, closed sessions) is written.",
     )
 
+    device_sessions: int = Field(
+        0,
+        ge=0,
+        description="With durability snapshot or write-through: state slab slots per model at "
+        "most; when they are all taken, the least recently used idle sessions are written to "
+        "the store and their slots freed, and come back on their next use (tiering; "
+        "max_sessions then counts both tiers). 0 = no separate bound.",
+    )
+    restore: Literal["eager", "lazy"] = Field(
+        "eager",
+        description="With durability: on start, restore every session before serving "
+        "(`eager`), or read only each record's header and restore a session on its first "
+        "use (`lazy`).",
+    )
     sync_commits: bool = Field(
         True,
         description="With durability write-through: fsync every batch's commit (SQLite "
@@ -284,6 +298,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"durability {self.durability} needs state_dir (--state-dir or "
                 "SEQINFER_STATE_DIR), the directory its session store lives in"
+            )
+        if self.durability == "none" and (self.device_sessions or self.restore == "lazy"):
+            raise ValueError(
+                "device_sessions and restore lazy need durability snapshot or write-through: "
+                "sessions off the device are kept in the store"
             )
         return self
 

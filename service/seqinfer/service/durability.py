@@ -1,7 +1,9 @@
 """Snapshot mode: every model's sessions written to a state store, and restored on start.
 
 Three moments (``server`` calls them): ``restore`` before the server serves,
-eagerly, every record; ``start``, a periodic snapshot every
+eagerly, every record (with tiers, the most recent ``device_sessions`` onto
+the device and the rest left in the store; ``restore: lazy`` is
+``tiering.lazy_restore`` instead); ``start``, a periodic snapshot every
 ``snapshot_interval_seconds`` of the sessions changed since the last one;
 ``close`` after the drain, a snapshot of every session, so a clean SIGTERM
 loses nothing and a crash loses at most one interval of steps.
@@ -29,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -46,6 +48,9 @@ from seqinfer.service.records import (
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.sessions import Session
 from seqinfer.service.store import StateStore
+
+if TYPE_CHECKING:
+    from seqinfer.service.tiering import Tiering
 
 log = logging.getLogger(__name__)
 # Sessions per worker read: small enough that a batch queued meanwhile waits
@@ -93,6 +98,23 @@ class Durability:
         # is never overwritten by a snapshot chunk submitted before it.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.on_written: Callable[[list[str]], None] | None = None
+        # Models with tiers (``tiering``), by model key: an eager restore puts on
+        # the device only what its slab bound holds, the rest stays in the store.
+        self.tierings: dict[str, Tiering] = {}
+
+    def read(self, keys: list[str]) -> asyncio.Future[dict[str, bytes]]:
+        """The records of ``keys``, read on the store thread: after every write
+        submitted before (a spill's), so a read never sees an older record."""
+        return asyncio.get_running_loop().run_in_executor(self._io, self.store.read, keys)
+
+    def remember(self, key: str, marker: Marker | None) -> None:
+        """Say what the store holds of ``key`` (a session known from the store
+        without a write of ours), or None to forget it: a session forgotten is
+        not deleted from the store when it leaves the table."""
+        if marker is None:
+            self._written.pop(key, None)
+        else:
+            self._written[key] = marker
 
     def submit_write(
         self,
@@ -159,6 +181,14 @@ class Durability:
         for key, group in groups.items():
             runtime = by_key[key]
             group.sort(key=lambda r: r.last_used)
+            tiering = self.tierings.get(key)
+            if tiering is not None:
+                # The most recently used go to the device, the others stay in the store.
+                cut = max(0, len(group) - tiering.device_room())
+                for record in group[:cut]:
+                    tiering.add_record(record)
+                restored += cut
+                group = group[cut:]
             states, replies = await asyncio.to_thread(_to_tensors, runtime.spec, group)
             made, refused = await runtime.restore_sessions(group, states, replies)
             errors.extend(RecordError(sid, why) for sid, why in refused)
@@ -262,7 +292,7 @@ class Durability:
         written = self._written
         taken, slots = [], []
         for s in sessions:
-            if s.closed or s.busy:
+            if s.closed or s.busy or s.slot < 0:  # in the store tier: written when spilled
                 continue
             if not full and written.get(s.key) == (s.step, s.last_used):
                 continue

@@ -279,6 +279,8 @@ class LocalEngine:
     async def _grow(self, runtime: ModelRuntime) -> None:
         try:
             await runtime.ensure_free_slot()
+        except SeqinferError:
+            raise  # e.g. CAPACITY_FULL, STORE_UNAVAILABLE from a spill: the caller's to retry
         except Exception as exc:  # e.g. out of memory: ours, reported as this step's error
             log.exception("could not grow the slab of %s", runtime.key)
             raise internal(exc) from exc

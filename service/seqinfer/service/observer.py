@@ -18,7 +18,7 @@ class RuntimeStats:
 
     model: str  # "name:version"
     device: str
-    sessions_by_tier: dict[str, int] = field(default_factory=dict)  # "device"|"host"|"snapshot"
+    sessions_by_tier: dict[str, int] = field(default_factory=dict)  # "device"|"host"|"store"
     slab_capacity: int = 0  # slots allocated in the state slab
     slab_used: int = 0  # slots holding a session
     slab_bytes: int = 0  # bytes of the slab tensor
@@ -65,7 +65,14 @@ class Observer:
         """A session was created (open, start, fork or import)."""
 
     def session_ended(self, model: str, reason: str) -> None:
-        """A session ended: reason in {"closed", "expired", "evicted"}."""
+        """A session ended: reason in {"closed", "expired", "evicted", "refused"} (refused:
+        its record in the store could not be restored)."""
+
+    def sessions_spilled(self, model: str, count: int) -> None:
+        """``count`` idle sessions were written to the store and freed their slots."""
+
+    def session_restored(self, model: str, seconds: float) -> None:
+        """A session came back from the store ``seconds`` after it was first needed."""
 
 
 NULL_OBSERVER = Observer()

@@ -238,6 +238,11 @@ class StepQueues:
         self._popped += 1
         return item
 
+    def hold(self, session: Session) -> None:
+        """The session is being spilled or restored (``tiering``): it counts as busy, so
+        its steps queue and none is batched until ``Scheduler.release``."""
+        session.busy = True
+
     def fail_all(self, session: Session, error: SeqinferError) -> None:
         """Refuse every queued item of a session that is going away."""
         while session.pending:

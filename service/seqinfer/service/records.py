@@ -165,6 +165,29 @@ class SessionRecord:
         return record
 
 
+# Bytes of a record a lazy restore reads at start: the header and the meta
+# (ids, model, counter, times) of any record whose ids are within their bounds.
+HEAD_BYTES = 2048
+
+
+def peek(head: bytes, session_id: str) -> bytes | None:
+    """The meta (JSON bytes) of a record from its first bytes, for a lazy restore;
+    None when they do not hold all of it (read the whole record). Unchecked: the
+    checksum covers the whole record, and is checked when the session is restored."""
+    if len(head) < _HEADER.size + _META_LEN.size:
+        raise RecordError(session_id, f"truncated record ({len(head)} bytes, no header)")
+    magic, version, _, _ = _HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise RecordError(session_id, "not a seqinfer session record (bad magic)")
+    if version != FORMAT_VERSION:
+        raise RecordError(session_id, f"unknown record format version {version}")
+    (meta_len,) = _META_LEN.unpack_from(head, _HEADER.size)
+    start = _HEADER.size + _META_LEN.size
+    if start + meta_len > len(head):
+        return None
+    return head[start : start + meta_len]
+
+
 def check_fits(
     record: SessionRecord, name: str, version: str, dtype: str, shape: tuple[int, ...]
 ) -> None:

@@ -15,13 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from seqinfer.service.config import Settings, torch_thread_count
 from seqinfer.service.engine import GRUEngine
-from seqinfer.service.errors import SeqinferError, SessionExpired, SessionNotFound
+from seqinfer.service.errors import CapacityFull, SeqinferError, SessionExpired, SessionNotFound
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import Observer, RuntimeStats
 from seqinfer.service.protocol import StepOutcome
@@ -30,6 +30,9 @@ from seqinfer.service.scheduler import Scheduler
 from seqinfer.service.sessions import Session, SessionTable
 from seqinfer.service.slab import StateSlab
 from seqinfer.service.worker import SerialWorker
+
+if TYPE_CHECKING:
+    from seqinfer.service.tiering import Tiering
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,12 +72,13 @@ class ModelRuntime:
         self.slab = StateSlab(
             self.engine,
             initial_capacity=settings.initial_capacity,
-            max_capacity=settings.max_sessions,
+            # With tiers the slab holds device_sessions; max_sessions counts both tiers.
+            max_capacity=min(settings.max_sessions, settings.device_sessions or 1 << 62),
             max_bytes=settings.max_state_bytes,
         )
         self.table = SessionTable(
             self.slab,
-            self._release_slot,
+            self.release_slot,
             max_sessions=settings.max_sessions,
             eviction=settings.eviction,
             default_ttl=settings.idle_ttl_seconds,
@@ -97,6 +101,8 @@ class ModelRuntime:
             observer=observer,
             on_session_closed=self.end_session,
         )
+        # Set by ``tiering.Tiering`` when sessions may live in the store too.
+        self.tiering: Tiering | None = None
         self._grow_lock: asyncio.Lock | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -123,7 +129,7 @@ class ModelRuntime:
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.worker.run(fn, *args)
 
-    def _release_slot(self, slot: int) -> None:
+    def release_slot(self, slot: int) -> None:
         # Free slots hold zeros, so a new session needs no worker round trip.
         # The zeroing queues behind any batch still using the slot and ahead
         # of anything its next owner does.
@@ -139,12 +145,20 @@ class ModelRuntime:
     # ------------------------------------------------------------ sessions --
 
     async def ensure_free_slot(self) -> None:
-        """Grow the slab (on the worker) until a session could be created now."""
+        """Grow the slab (on the worker) until a session could be created now; at
+        its bound, with tiers, spill idle sessions to the store."""
         assert self._grow_lock is not None, "runtime not started"
         while self.slab.needs_growth():
             async with self._grow_lock:
                 if self.slab.needs_growth():
                     await self._on_worker(self.slab.grow)
+        if self.tiering is not None and not self.slab.has_free():
+            if not await self.tiering.make_room(1):
+                raise CapacityFull(
+                    "the state slab has no slot for a session (device_sessions or "
+                    "max_state_bytes allows none)",
+                    max_sessions=self.table.max_sessions,
+                )
 
     def create_session_now(
         self, session_id: str | None, idle_ttl: float | None, tenant: str = ""
@@ -152,6 +166,13 @@ class ModelRuntime:
         """Open a zero-state session if no slab growth is needed first, else None."""
         if self.slab.needs_growth():
             return None
+        table = self.table
+        if (
+            self.tiering is not None
+            and not self.slab.has_free()
+            and (len(table) < table.max_sessions or table.eviction == "lru")
+        ):
+            return None  # spill first (ensure_free_slot)
         session, evicted = self.table.create(session_id, idle_ttl, tenant)
         for victim in evicted:
             self.observer.session_ended(self.key, "evicted")
@@ -204,6 +225,13 @@ class ModelRuntime:
 
     async def fork(self, source: Session, new_id: str | None, idle_ttl: float | None) -> Session:
         ttl = source.idle_ttl if idle_ttl is None else idle_ttl
+        if self.tiering is not None:
+            # Through a copy of the state: making room for the fork may spill the source.
+            state = await self.export_state(source)
+            step = source.step
+            copy = await self.create_session(new_id, ttl, state, tenant=source.tenant)
+            self.scheduler.set_counter(copy, step)
+            return copy
         copy = await self.create_session(new_id, ttl, tenant=source.tenant)
         await self._on_worker(self.slab.copy, source.slot, copy.slot)
         # Read after the copy: the worker ran it after any batch of the
@@ -212,9 +240,13 @@ class ModelRuntime:
         return copy
 
     async def export_state(self, session: Session) -> torch.Tensor:
+        if self.tiering is not None:
+            await self.tiering.ensure_device(session)
         return await self._on_worker(self.slab.read, session.slot)
 
     async def import_state(self, session: Session, state: torch.Tensor, step: int | None) -> None:
+        if self.tiering is not None:
+            await self.tiering.ensure_device(session)
         await self._on_worker(self.slab.write, session.slot, state)
         self.scheduler.set_counter(session, session.step if step is None else step)
         self.table.touch(session)
@@ -248,6 +280,15 @@ class ModelRuntime:
         refused: list[tuple[str, str]] = []
         now_wall, now = time.time(), time.monotonic()
         for i, record in enumerate(records):
+            tiering = self.tiering
+            if tiering is not None and not self.slab.has_free() and not self.slab.needs_growth():
+                # No room left (growth ran out of memory): a spill now would write a
+                # session restored above before its state is scattered. Keep it in the store.
+                try:
+                    tiering.add_record(record)
+                except SeqinferError as exc:
+                    refused.append((record.session_id, str(exc)))
+                continue
             try:
                 session = self.create_session_now(record.session_id, record.idle_ttl, record.tenant)
                 while session is None:
@@ -273,8 +314,12 @@ class ModelRuntime:
             rows.append(i)
         if made:
             chosen = states[rows] if len(rows) != len(records) else states
-            await self._on_worker(self._scatter, [s.slot for s in made], chosen)
+            await self.scatter([s.slot for s in made], chosen)
         return made, refused
+
+    async def scatter(self, slots: list[int], states: torch.Tensor) -> None:
+        """Write ``states[i]`` into slot ``slots[i]``, in worker order."""
+        await self._on_worker(self._scatter, slots, states)
 
     def _scatter(self, slots: list[int], states: torch.Tensor) -> None:
         tensor = self.slab.tensor
@@ -290,9 +335,12 @@ class ModelRuntime:
         return RuntimeStats(
             model=self.key,
             device=str(self.device),
-            sessions_by_tier={"device": len(self.table), "host": 0, "snapshot": 0},
+            sessions_by_tier={
+                "device": self.table.device_count,
+                "store": len(self.table) - self.table.device_count,
+            },
             slab_capacity=self.slab.capacity,
-            slab_used=len(self.table),
+            slab_used=self.table.device_count,
             slab_bytes=self.slab.nbytes,
             queue_depth=self.scheduler.queue_depth,
             device_memory_bytes=memory,

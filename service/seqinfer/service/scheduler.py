@@ -154,6 +154,14 @@ class Scheduler:
         session.last_step_before = last_step_before
         session.last_reply = last_reply
 
+    def release(self, session: Session) -> None:
+        """End a ``queues.hold``: steps queued meanwhile run (or a close waiting happens)."""
+        session.busy = False
+        if session.pending and not session.closed:
+            self._ready.append(session)
+            self._wakeup.set()
+        self._close_if_idle(session)
+
     def close_after_work(self, session: Session) -> asyncio.Future[int]:
         """Mark a session as closing; the future gets its final step once it is closed.
 

@@ -143,8 +143,16 @@ class SeqinferServer:
             )
             if write_through:
                 attach_write_through(self._durability, runtimes, self.observer)
-            # Before serving: a client's first step finds its session already back.
-            await self._durability.restore()
+            if settings.device_sessions or settings.restore == "lazy":
+                from seqinfer.service.lazy_restore import lazy_restore
+                from seqinfer.service.tiering import Tiering
+
+                tierings = [Tiering(r, self._durability, self.observer) for r in runtimes]
+            if settings.restore == "lazy":
+                await lazy_restore(self._durability, tierings)
+            else:
+                # Before serving: a client's first step finds its session already back.
+                await self._durability.restore()
             self._durability.start()
 
     def reload_certificates(self) -> bool:

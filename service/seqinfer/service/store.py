@@ -176,6 +176,16 @@ class SqliteStore:
         for session_id, record in rows:
             yield str(session_id), bytes(record)
 
+    def read_heads(self, size: int) -> Iterator[tuple[str, bytes]]:
+        """Every key with the first ``size`` bytes of its record (a lazy restore
+        reads the headers, not the states)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT session_id, substr(record, 1, ?) FROM sessions", (size,)
+            ).fetchall()
+        for session_id, head in rows:
+            yield str(session_id), bytes(head)
+
     def delete(self, session_ids: Iterable[str]) -> None:
         self.write((), session_ids)
 

@@ -43,7 +43,7 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(13))  #
 # Timesteps in one request: powers of two up to a long chunk.
 TIMESTEP_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(15))  # 1 .. 16384
 
-END_REASONS: tuple[str, ...] = ("closed", "expired", "evicted")
+END_REASONS: tuple[str, ...] = ("closed", "expired", "evicted", "refused")
 REJECT_REASONS: tuple[str, ...] = (
     "backpressure",
     "deadline",
@@ -108,6 +108,9 @@ class ModelCounters:
         "opened",
         "queue_wait",
         "rejected",
+        "restore_seconds",
+        "restored",
+        "spilled",
         "steps",
         "timesteps",
     )
@@ -124,6 +127,9 @@ class ModelCounters:
         # Known reasons exist from the start, so that they export as 0, not as nothing.
         self.ended: dict[str, int] = dict.fromkeys(END_REASONS, 0)
         self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self.spilled = 0
+        self.restored = 0
+        self.restore_seconds = Histogram(LATENCY_BUCKETS)
 
 
 class MethodCounters:
@@ -276,3 +282,20 @@ class PrometheusObserver(Observer):
             c.ended[reason] += 1
         except KeyError:  # not a known reason
             _bump(c.ended, OTHER)
+
+    def sessions_spilled(self, model: str, count: int) -> None:
+        try:
+            c = self._models[model]
+        except KeyError:
+            c = self._new_model(model)
+        c.spilled += count
+
+    def session_restored(self, model: str, seconds: float) -> None:
+        try:
+            c = self._models[model]
+        except KeyError:
+            c = self._new_model(model)
+        c.restored += 1
+        h = c.restore_seconds
+        h.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        h.total += seconds

@@ -46,7 +46,7 @@ from seqinfer.service.observer import RuntimeStats
 log = logging.getLogger(__name__)
 
 Kind = Literal["info", "gauge", "counter", "histogram"]
-TIERS: tuple[str, ...] = ("device", "host", "snapshot")
+TIERS: tuple[str, ...] = ("device", "host", "store")
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,20 @@ SESSIONS_ENDED = Family(
     "seqinfer_sessions_ended", "counter",
     "Sessions ended, by model and reason (closed, expired, evicted).", ("model", "reason"),
 )
+SPILLED = Family(
+    "seqinfer_sessions_spilled", "counter",
+    "Idle sessions written to the store to free their slots (tiering), by model.", ("model",),
+)
+RESTORED = Family(
+    "seqinfer_sessions_restored", "counter",
+    "Sessions brought back from the store onto the device on use (tiering, lazy restore).",
+    ("model",),
+)
+RESTORE_LATENCY = Family(
+    "seqinfer_restore_seconds", "histogram",
+    "Time from a session's first use while in the store to its state back on the device.",
+    ("model",),
+)
 REJECTED = Family(
     "seqinfer_rejected", "counter",
     "Step requests refused before computing, by model and reason.", ("model", "reason"),
@@ -194,7 +208,7 @@ LEVELS: tuple[Family, ...] = (
 EVENTS: tuple[Family, ...] = (
     GRPC_REQUESTS, GRPC_IN_FLIGHT, GRPC_DURATION, TENANT_REQUESTS, STEPS, REQUEST_TIMESTEPS,
     STEP_LATENCY, QUEUE_WAIT, BATCH_COMPUTE, BATCH_SIZE, ITERATIONS, SESSIONS_OPENED,
-    SESSIONS_ENDED, REJECTED,
+    SESSIONS_ENDED, REJECTED, SPILLED, RESTORED, RESTORE_LATENCY,
 )  # fmt: skip
 # In the order a scrape shows them.
 FAMILIES: tuple[Family, ...] = (BUILD, *LEVELS, *EVENTS)
@@ -308,6 +322,9 @@ def event_families(
     opened = SESSIONS_OPENED.counter()
     ended = SESSIONS_ENDED.counter()
     rejected = REJECTED.counter()
+    spilled = SPILLED.counter()
+    restored = RESTORED.counter()
+    restore_latency = RESTORE_LATENCY.histogram()
     for model, c in sorted(models.items()):
         steps.add_metric([model], c.steps)
         timesteps.add_metric([model], *_buckets(c.timesteps))
@@ -321,9 +338,13 @@ def event_families(
             ended.add_metric([model, reason], count)
         for reason, count in c.rejected.copy().items():
             rejected.add_metric([model, reason], count)
+        spilled.add_metric([model], c.spilled)
+        restored.add_metric([model], c.restored)
+        restore_latency.add_metric([model], *_buckets(c.restore_seconds))
     return [
         requests, in_flight, duration, by_tenant, steps, timesteps, latency, queue_wait,
-        batch_seconds, batch_size, iterations, opened, ended, rejected,
+        batch_seconds, batch_size, iterations, opened, ended, rejected, spilled, restored,
+        restore_latency,
     ]  # fmt: skip
 
 
