@@ -49,15 +49,16 @@ class _CountingStore:
         self.seconds = 0.0  # in the store's write: encode excluded, fsync included
         self._lock = threading.Lock()
 
-    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
+    def write(self, records: Iterable[Any], deletes: Iterable[str] = ()) -> Any:
         records = list(records)
         started = time.perf_counter()
-        self.store.write(records, deletes)
+        stale = self.store.write(records, deletes)
         took = time.perf_counter() - started
         with self._lock:
             self.commits += 1
             self.records += len(records)
             self.seconds += took
+        return stale
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)

@@ -42,7 +42,13 @@ import torch
 
 from seqinfer.service.checks import first_runnable
 from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine
-from seqinfer.service.errors import SeqinferError, SessionNotFound, draining, internal
+from seqinfer.service.errors import (
+    SeqinferError,
+    SessionNotFound,
+    StoreUnavailable,
+    draining,
+    internal,
+)
 from seqinfer.service.observer import Observer
 from seqinfer.service.protocol import StepOutcome
 from seqinfer.service.queues import StepQueues
@@ -327,10 +333,11 @@ class Scheduler:
         outcomes: list[StepOutcome],
         started: float,
         done: float,
-        refusal: SeqinferError | None,
+        refusal: SeqinferError | dict[str, StoreUnavailable] | None,
     ) -> None:
         """Apply each item's counter and replay record, then answer it (or, when
-        its commit failed, refuse it with ``refusal``: applied, not yet kept)."""
+        its commit failed, refuse it with ``refusal``: applied, not yet kept;
+        for the whole batch, or per session key when only some were refused)."""
         timesteps = 0
         key = self.model_key
         observer = self.observer
@@ -358,10 +365,11 @@ class Scheduler:
                     self._ready.append(session)
                 elif session.close_waiter is not None:
                     closing.append(session)
-            if refusal is None:
+            error = refusal.get(session.key) if isinstance(refusal, dict) else refusal
+            if error is None:
                 item.answer(outcome)
             else:
-                item.refuse(refusal)
+                item.refuse(error)
             observer.request_completed(
                 key, item.timesteps, done - item.enqueued_at, started - item.enqueued_at
             )
