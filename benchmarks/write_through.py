@@ -142,7 +142,7 @@ def main() -> None:
     asyncio.run(_one_round("none", args.transport, args.sessions, min(args.seconds, 1.0)))
     for index in range(args.rounds):
         # Rotate the order so no mode always runs first (or last) in a round.
-        for mode in MODES[index % 3 :] + MODES[: index % 3]:
+        for mode in MODES[index % len(MODES) :] + MODES[: index % len(MODES)]:
             result = asyncio.run(_one_round(mode, args.transport, args.sessions, args.seconds))
             rounds[mode].append(result)
             print(

@@ -127,7 +127,9 @@ class WriteThrough:
                 deletes.append(s.key)
                 continue
             if item.request_id:
-                replay = (item.request_id, s.step, outcome.copy(replayed=False))
+                # The outcome itself, not a copy: the encoder only reads it, and
+                # the scheduler keeps its own copy once the commit is done.
+                replay = (item.request_id, s.step, outcome)
             elif s.last_reply is not None:
                 replay = (s.last_request_id, s.last_step_before, s.last_reply)
             else:

@@ -86,6 +86,12 @@ class SqliteStore:
         # isolation_level=None: transactions are begun and committed explicitly
         # below, not implicitly by the sqlite3 module.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # 16 KiB pages for a new file (an existing one keeps its own): a record of
+        # a 2 KiB state is ~2.7 KiB, one to a default 4 KiB page with a third of
+        # it empty, five to a 16 KiB page; a batch's commit then writes fewer
+        # pages to the WAL (measured: a 256-session commit ~20 % faster) and
+        # the file is smaller. Must precede journal_mode, which creates the file.
+        self._db.execute("PRAGMA page_size=16384")
         # WAL: a snapshot's transaction does not block a reader (the sessions
         # CLI, a backup), and a crash mid-write leaves the last commit intact.
         self._db.execute("PRAGMA journal_mode=WAL")
