@@ -70,6 +70,15 @@ end
 return stale
 """
 
+# The record of each of KEYS (false where none): a read of many in one command.
+_READ = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('HGET', KEYS[i], 'record')
+end
+return out
+"""
+
 T = TypeVar("T")
 
 
@@ -83,6 +92,7 @@ class RedisStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._cas = self._client.register_script(_CAS)
+        self._read_script = self._client.register_script(_READ)
         # Fail at start-up, not on the first snapshot: a server that cannot
         # reach its store must not serve sessions it could never keep.
         self._call(self._client.ping)
@@ -143,14 +153,12 @@ class RedisStore:
         found: dict[str, bytes] = {}
         for start in range(0, len(keys), _READ_CHUNK):
             chunk = keys[start : start + _READ_CHUNK]
-
-            def fetch(chunk: Sequence[str] = chunk) -> list[object]:
-                pipe = self._client.pipeline(transaction=False)
-                for key in chunk:
-                    pipe.hget(self.prefix + key, "record")
-                return pipe.execute()
-
-            for key, record in zip(chunk, self._call(fetch), strict=True):
+            # One script per chunk, not a pipeline of one HGET each: redis-py
+            # spends ~90 µs of Python per pipelined command, 9 s of a
+            # 100,000-session restore; one command of 1,000 keys is a few ms.
+            named = [self.prefix + key for key in chunk]
+            records = self._call(partial(self._read_script, keys=named))
+            for key, record in zip(chunk, records, strict=True):
                 if isinstance(record, bytes):
                     found[key] = record
         return found
