@@ -157,3 +157,25 @@ def test_a_large_write_goes_as_scripts_of_bounded_size(
     assert sorted(held) == sorted(f"k{i}" for i in range(80))
     assert held["k0"] == b"x" * 40 and held["k1"] == b"y" * 40
     store.close()
+
+
+def test_records_of_any_bytes_like_and_length_round_trip(redis_server: RedisServer):  # noqa: F811
+    store = RedisStore(redis_server.url, "t:")
+    data = bytes(range(256)) * 3 + b"\x00:,"  # the separators the script parses, inside a record
+    entries = [
+        StoreWrite("empty", 1, b""),
+        StoreWrite("array", 2, bytearray(data)),
+        ("view", memoryview(data)[5:]),
+        StoreWrite("last", 3, data),
+    ]
+    assert store.write(entries) == []
+    assert store.read(["empty", "array", "view", "last"]) == {
+        "empty": b"",
+        "array": data,
+        "view": data[5:],
+        "last": data,
+    }
+    assert store.revisions(["empty", "array", "view", "last"]) == {
+        "empty": 1, "array": 2, "view": 0, "last": 3,
+    }  # fmt: skip
+    store.close()
