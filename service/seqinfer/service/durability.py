@@ -140,8 +140,8 @@ class Durability:
             written = made
             if stale:
                 # A newer revision is held: another writer (a server sharing the
-                # store, an import into a live store) or this server's clock set
-                # back. Not marked written, so a later pass tries again.
+                # store) or this server's clock set back. Not marked written, so
+                # a later pass tries again.
                 self.refused += len(stale)
                 log.warning(
                     "store refused %d of %d writes as stale (it holds a newer revision): %s",
