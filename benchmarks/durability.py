@@ -1,6 +1,7 @@
 """Snapshot and restore time of N bench-gru sessions, in process, against a real SQLite file.
 
 python -m benchmarks.durability -n 10000 -n 100000
+python -m benchmarks.durability -n 10000 -n 100000 --store redis
 
 Each session has a random state and a replay record (a 64-float cached
 reply), as a session stepped with request ids has. Times: a full snapshot
@@ -18,6 +19,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from seqinfer.service.models.builtin import bench_gru
 from seqinfer.service.observer import NULL_OBSERVER
 from seqinfer.service.protocol import StepOutcome
 from seqinfer.service.runtime import ModelRuntime
-from seqinfer.service.store import SqliteStore
+from seqinfer.service.store import SqliteStore, StateStore
 
 
 async def _probe(stalls: list[float], stop: asyncio.Event) -> None:
@@ -39,7 +41,15 @@ async def _probe(stalls: list[float], stop: asyncio.Event) -> None:
         stalls.append(loop.time() - at - 0.001)
 
 
-async def run(n: int, state_dir: Path) -> dict[str, float]:
+def _open_store(state_dir: Path, redis_url: str | None) -> StateStore:
+    if redis_url is None:
+        return SqliteStore(state_dir)
+    from seqinfer.service.store_redis import RedisStore
+
+    return RedisStore(redis_url, f"bench:{state_dir.name}:")
+
+
+async def run(n: int, state_dir: Path, redis_url: str | None = None) -> dict[str, Any]:
     settings = Settings(initial_capacity=1024, max_sessions=max(n, 1024), torch_threads=1)
     model = bench_gru()
     device = torch.device("cpu")
@@ -51,7 +61,7 @@ async def run(n: int, state_dir: Path) -> dict[str, float]:
         reply = StepOutcome(session.session_id, f"r{i}", 5, rng.random(64, np.float32))
         runtime.scheduler.restore(session, 5, f"r{i}", 4, reply)
     await runtime._on_worker(runtime.slab.tensor.normal_)
-    durability = Durability(SqliteStore(state_dir), [runtime], 0)
+    durability = Durability(_open_store(state_dir, redis_url), [runtime], 0)
     stalls: list[float] = []
     stop = asyncio.Event()
     probe = asyncio.get_running_loop().create_task(_probe(stalls, stop))
@@ -65,11 +75,11 @@ async def run(n: int, state_dir: Path) -> dict[str, float]:
     unchanged = time.perf_counter() - started
     await durability.close(final=False)
     await runtime.stop()
-    size = (state_dir / "sessions.sqlite3").stat().st_size
+    size = (state_dir / "sessions.sqlite3").stat().st_size if redis_url is None else 0
 
     fresh = ModelRuntime(model, settings, device, NULL_OBSERVER)
     await fresh.start()
-    durability = Durability(SqliteStore(state_dir), [fresh], 0)
+    durability = Durability(_open_store(state_dir, redis_url), [fresh], 0)
     started = time.perf_counter()
     restored, refused = await durability.restore()
     restore = time.perf_counter() - started
@@ -77,22 +87,42 @@ async def run(n: int, state_dir: Path) -> dict[str, float]:
     await durability.close(final=False)
     await fresh.stop()
     return {
+        "store": "sqlite" if redis_url is None else "redis",
         "sessions": n,
         "snapshot_all_s": round(full, 3),
         "snapshot_unchanged_s": round(unchanged, 3),
         "max_loop_stall_ms": round(1000 * max(stalls, default=0.0), 1),
         "restore_s": round(restore, 3),
-        "store_mib": round(size / 2**20, 1),
+        "store_mib": round(size / 2**20, 1) if size else None,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.durability", description=__doc__)
     parser.add_argument("-n", "--sessions", type=int, action="append", default=[])
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "redis"],
+        default="sqlite",
+        help="redis: a redis-server started here on loopback (no append-only file: "
+        "what is timed is the snapshot's scripts and the restore's reads)",
+    )
     args = parser.parse_args()
-    for n in args.sessions or [10_000]:
-        with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(asyncio.run(run(n, Path(tmp)))), flush=True)
+    with tempfile.TemporaryDirectory() as redis_dir:
+        redis_server = None
+        if args.store == "redis":
+            from tests.redis_server import RedisServer
+
+            redis_server = RedisServer(Path(redis_dir))
+            redis_server.start()
+        try:
+            for n in args.sessions or [10_000]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    url = None if redis_server is None else redis_server.url
+                    print(json.dumps(asyncio.run(run(n, Path(tmp), url))), flush=True)
+        finally:
+            if redis_server is not None:
+                redis_server.stop()
 
 
 if __name__ == "__main__":

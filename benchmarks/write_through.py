@@ -2,6 +2,7 @@
 
     python -m benchmarks.write_through --transport stream --sessions 256 --rounds 3
     python -m benchmarks.write_through --transport many --sessions 256 --rounds 3
+    python -m benchmarks.write_through --transport many --sessions 256 --rounds 3 --store redis
 
 Three server configurations, run in turn in every round so that the machine's
 drift hits all of them alike: ``none``; ``write-through`` as served (SQLite
@@ -15,6 +16,11 @@ StreamSteps stream per session in ping-pong, or StepMany messages of every
 session), after one discarded warm-up round. Prints steps/s per round, the
 store's commits and mean records per commit (group commit at work), and the
 ratios of the medians to ``none``.
+
+``--store redis``: ``none`` against ``write-through`` on a redis-server this
+command starts on loopback (tests/redis_server.py: append-only, an fsync per
+write), a fresh key prefix per round; the server talks to it over TCP as it
+would to a Redis on another host, without the network's latency.
 """
 
 from __future__ import annotations
@@ -49,15 +55,16 @@ class _CountingStore:
         self.seconds = 0.0  # in the store's write: encode excluded, fsync included
         self._lock = threading.Lock()
 
-    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> None:
+    def write(self, records: Iterable[Any], deletes: Iterable[str] = ()) -> Any:
         records = list(records)
         started = time.perf_counter()
-        self.store.write(records, deletes)
+        stale = self.store.write(records, deletes)
         took = time.perf_counter() - started
         with self._lock:
             self.commits += 1
             self.records += len(records)
             self.seconds += took
+        return stale
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -71,7 +78,9 @@ class Round:
     ms_per_commit: float
 
 
-async def _one_round(mode: str, transport: str, sessions: int, seconds: float) -> Round:
+async def _one_round(
+    mode: str, transport: str, sessions: int, seconds: float, redis_url: str | None = None
+) -> Round:
     with tempfile.TemporaryDirectory() as tmp:
         extra: dict[str, Any] = {}
         if mode != "none":
@@ -79,6 +88,13 @@ async def _one_round(mode: str, transport: str, sessions: int, seconds: float) -
             extra = dict(
                 durability="write-through", state_dir=Path(tmp), snapshot_interval_seconds=0
             )
+            if redis_url is not None:
+                # A fresh prefix per round, as SQLite gets a fresh file.
+                extra.update(
+                    state_store="redis",
+                    redis_url=redis_url,
+                    redis_key_prefix=f"bench:{Path(tmp).name}:",
+                )
         # load_settings, not Settings(...): mypy without pydantic's plugin reads
         # every Settings field as a required argument.
         settings = load_settings(
@@ -95,7 +111,7 @@ async def _one_round(mode: str, transport: str, sessions: int, seconds: float) -
         durability = server._durability
         if durability is not None:
             store = durability.store
-            if mode == "write-through-normal":
+            if mode == "write-through-normal" and redis_url is None:
                 with store._lock:
                     store._db.execute("PRAGMA synchronous=NORMAL")
             counting = _CountingStore(store)
@@ -133,16 +149,41 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "redis"],
+        default="sqlite",
+        help="redis: a redis-server started here on loopback, append-only with an "
+        "fsync per write (appendfsync always), as deploy/docker-compose.redis.yml runs it",
+    )
     args = parser.parse_args()
-    rounds: dict[str, list[Round]] = {mode: [] for mode in MODES}
+    if args.store == "redis":
+        with tempfile.TemporaryDirectory() as tmp:
+            from tests.redis_server import RedisServer
+
+            redis_server = RedisServer(Path(tmp), appendonly=True)
+            redis_server.start()
+            try:
+                _run(args, ("none", "write-through"), redis_server.url)
+            finally:
+                redis_server.stop()
+    else:
+        _run(args, MODES, None)
+
+
+def _run(args: argparse.Namespace, modes: tuple[str, ...], redis_url: str | None) -> None:
+    rounds: dict[str, list[Round]] = {mode: [] for mode in modes}
     started = time.perf_counter()
     # Discarded: the process's first server pays one-off costs (imports, torch
     # start-up) that would otherwise land on whichever mode runs first.
     asyncio.run(_one_round("none", args.transport, args.sessions, min(args.seconds, 1.0)))
+    store = "" if redis_url is None else " on redis"
     for index in range(args.rounds):
         # Rotate the order so no mode always runs first (or last) in a round.
-        for mode in MODES[index % 3 :] + MODES[: index % 3]:
-            result = asyncio.run(_one_round(mode, args.transport, args.sessions, args.seconds))
+        for mode in modes[index % len(modes) :] + modes[: index % len(modes)]:
+            result = asyncio.run(
+                _one_round(mode, args.transport, args.sessions, args.seconds, redis_url)
+            )
             rounds[mode].append(result)
             print(
                 f"round {index} {mode}: {result.steps_per_second:,.0f} steps/s, "
@@ -151,11 +192,11 @@ def main() -> None:
                 flush=True,
             )
     medians = {m: statistics.median(r.steps_per_second for r in rs) for m, rs in rounds.items()}
-    for mode in MODES[1:]:
+    for mode in modes[1:]:
         per_commit = statistics.median(r.records_per_commit for r in rounds[mode])
         ms = statistics.median(r.ms_per_commit for r in rounds[mode])
         print(
-            f"{args.transport} N={args.sessions}: {mode}/none = "
+            f"{args.transport} N={args.sessions}: {mode}{store}/none = "
             f"{medians[mode] / medians['none']:.3f} (medians of {args.rounds}: "
             f"{medians[mode]:,.0f} vs {medians['none']:,.0f} steps/s; "
             f"{per_commit:.1f} sessions per commit, {ms:.2f} ms per commit)"

@@ -29,6 +29,7 @@ from seqinfer.service.records import ArrayRecord, ReplayRecord, SessionRecord
 from seqinfer.service.store import STORE_FILE, SqliteStore
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
+from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.serve_process import ServeProcess, child_pythonpath, serve_args
 from tests.support import to_tensor
 
@@ -331,3 +332,75 @@ def test_a_store_moved_by_export_and_import_restores_bit_identical(tmp_path: Pat
             sid: step for sid, (step, _) in before.items()
         }
         assert all(e["status"] == "ok" and e["model"] == "bench-gru" for e in entries)
+
+
+# ------------------------------------------------------------ on Redis --
+
+
+def _redis_args(server: RedisServer, prefix: str = "cli:") -> list[str]:
+    return ["--state-store", "redis", "--redis-url", server.url, "--redis-key-prefix", prefix]
+
+
+def test_every_command_works_on_a_redis_store(
+    store: Path,
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+):
+    pytest.importorskip("redis")
+    from seqinfer.service.store_redis import RedisStore
+
+    on_redis = _redis_args(redis_server)
+    # SQLite -> Redis: what an operator does to move a server onto a shared store.
+    exported = tmp_path / "from-sqlite.sqx"
+    assert _cli("export", "--state-dir", str(store), "--out", str(exported)).exit_code == 1
+    result = _cli("import", *on_redis, str(exported))
+    assert result.exit_code == 0, result.output
+    assert "imported 3 sessions, kept 0 stored ones, refused 0" in result.stderr
+    raw = RedisStore(redis_server.url, "cli:")
+    original = _rows(store)
+    del original["junk"]
+    assert dict(raw.read_all()) == original, "records byte for byte, keys as in SQLite"
+    raw.write([("junk", b"\x00" * 40)])  # and a bad one, as the SQLite store has
+
+    listed = _cli("list", *on_redis)
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[1]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows["a"] == ["alice", "a", "m:1", "6", "64", "2023-11-14T22:15:06Z", "ok"]
+    assert " ".join(rows["junk"]).endswith("refused: not a seqinfer session record (bad magic)")
+    assert list(rows) == sorted(rows), "listed by key, as SQLite lists"
+
+    # Redis -> file -> another prefix, with the replace policy applied.
+    back = tmp_path / "from-redis.sqx"
+    result = _cli("export", *on_redis, "--out", str(back), "--tenant", "")
+    assert result.exit_code == 1 and "skipped session 'junk'" in result.stderr
+    assert sorted(k for k, _ in read_archive(back.read_bytes())) == ["b", "c"]
+    other = _redis_args(redis_server, "other:")
+    RedisStore(redis_server.url, "other:").write([(ANON_C.key, _record("c", step=9).encode())])
+    result = _cli("import", *other, str(back))
+    assert result.exit_code == 0, result.output
+    assert "imported 1 sessions, kept 1 stored ones" in result.stderr
+    assert SessionRecord.decode(raw.read(["c"])["c"], "c").step == 8
+    moved = RedisStore(redis_server.url, "other:")
+    assert SessionRecord.decode(moved.read(["c"])["c"], "c").step == 9  # newer kept
+
+    result = _cli("delete", *on_redis, "--tenant", "alice", "a", "nope")
+    assert result.exit_code == 1 and "no stored session 'nope' of tenant 'alice'" in result.stderr
+    assert sorted(dict(raw.read_all())) == ["b", "c", "junk"]
+    assert sorted(dict(moved.read_all())) == ["b", "c"], "another prefix untouched"
+    raw.close()
+    moved.close()
+
+
+def test_an_unreachable_redis_or_a_missing_state_dir_is_said(tmp_path: Path):
+    from tests.serve_process import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    pytest.importorskip("redis")
+    for args in (["list"], ["delete", "x"], ["export", "--out", str(tmp_path / "x.sqx")]):
+        result = _cli(*args, "--state-store", "redis", "--redis-url", url)
+        assert result.exit_code == 1, result.output
+        assert f"error: redis at {url}" in result.stderr
+    assert not (tmp_path / "x.sqx").exists()
+    result = _cli("list")  # sqlite, the default, and no --state-dir
+    assert result.exit_code == 2
+    assert "--state-dir is required with --state-store sqlite" in result.output

@@ -19,10 +19,19 @@ import numpy as np
 import pytest
 
 from seqinfer.service.models.builtin import bench_gru
+from seqinfer.service.observer import Observer
 from seqinfer.service.records import SessionRecord
-from seqinfer.service.store import SqliteStore
+from seqinfer.service.store import SqliteStore, StoreWrite
 from seqinfer.v1 import seqinfer_pb2 as pb
-from tests.support import error_reason, gated, reference_run, running_server, stub, to_tensor
+from tests.support import (
+    error_reason,
+    gated,
+    reference_run,
+    running_server,
+    status_reason,
+    stub,
+    to_tensor,
+)
 
 MODEL = bench_gru()
 T = 3
@@ -158,3 +167,88 @@ def test_a_step_that_ends_its_session_deletes_it_in_the_same_commit(tmp_path: Pa
         assert sorted(_stored(tmp_path)) == ["a", "gone"]
         assert api.Step(_step("gone", 1, end=True), timeout=60).closed
         assert sorted(_stored(tmp_path)) == ["a"]
+
+
+class RejectionsSeen(Observer):
+    def __init__(self) -> None:
+        self.rejected: list[str] = []
+
+    def request_rejected(self, model: str, reason: str) -> None:
+        self.rejected.append(reason)
+
+
+def _revision(tmp_path: Path, key: str) -> int:
+    reader = SqliteStore(tmp_path)
+    try:
+        return reader.revisions([key])[key]
+    finally:
+        reader.close()
+
+
+def test_a_write_the_store_refuses_as_stale_is_refused_to_its_caller_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen = RejectionsSeen()
+    with (
+        running_server(
+            [MODEL],
+            observer=seen,
+            durability="write-through",
+            state_dir=tmp_path,
+            snapshot_interval_seconds=0,
+        ) as server,
+        stub(server.address) as api,
+    ):
+        api.StepMany(pb.StepManyRequest(steps=[_step("a", 0), _step("b", 0)]), timeout=60)
+        first = _revision(tmp_path, "a")
+        # Another writer puts a newer revision of "a" into the store.
+        other = SqliteStore(tmp_path)
+        held = other.read(["a"])["a"]
+        assert other.write([StoreWrite("a", first + 10**12, held)]) == []
+        other.close()
+        reply = api.StepMany(pb.StepManyRequest(steps=[_step("a", 1), _step("b", 1)]), timeout=60)
+        refused, kept = reply.results
+        assert kept.response.step == 2 * T
+        assert refused.WhichOneof("outcome") == "error"
+        assert status_reason(refused.error)[:2] == (
+            grpc.StatusCode.UNAVAILABLE.value[0],
+            "STORE_UNAVAILABLE",
+        )
+        assert "newer revision" in refused.error.message
+        stored = _stored(tmp_path)
+        assert (
+            stored["a"].step == T
+            and stored["a"].state.data == SessionRecord.decode(held, "a").state.data
+        ), "the newer writer's record stands"
+        assert stored["b"].step == 2 * T
+        assert seen.rejected.count("stale") == 1
+        assert server.server._durability.refused == 1
+        assert any("refused 1 of 2 writes as stale" in r.getMessage() for r in caplog.records)
+        # Not kept here, so its retry is not answered as kept either.
+        with pytest.raises(grpc.RpcError) as retried:
+            api.Step(_step("a", 1), timeout=60)
+        assert error_reason(retried.value)[1] == "STORE_UNAVAILABLE"
+
+
+def test_revisions_grow_where_the_counter_goes_down(tmp_path: Path) -> None:
+    """A reset step and a session closed and created again under its id: their
+    counters go down, their revisions up, so the store takes their writes."""
+    with _server(tmp_path) as server, stub(server.address) as api:
+        for k in range(3):
+            api.Step(_step("a", k), timeout=60)
+        before = _revision(tmp_path, "a")
+        assert _stored(tmp_path)["a"].step == 3 * T
+        reset = api.Step(
+            pb.StepRequest(session_id="a", inputs=to_tensor(_inputs(7)), reset=True), timeout=60
+        )
+        assert reset.step == T
+        assert _stored(tmp_path)["a"].step == T and _revision(tmp_path, "a") > before
+        for k in range(1, 3):
+            api.Step(_step("a", k), timeout=60)
+        # Closed: the store keeps its record until the next periodic pass.
+        api.CloseSession(pb.CloseSessionRequest(session_id="a"), timeout=60)
+        assert _stored(tmp_path)["a"].step == 3 * T
+        again = _revision(tmp_path, "a")
+        assert api.Step(_step("a", 0), timeout=60).step == T
+        assert _stored(tmp_path)["a"].step == T and _revision(tmp_path, "a") > again
+        assert server.server._durability.refused == 0

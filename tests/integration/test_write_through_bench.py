@@ -44,3 +44,38 @@ def test_write_through_benchmark_reports_ratios_and_group_commits():
         )
         assert commits, result.stdout
         assert int(commits.group(1)) > 0 and float(commits.group(2)) > 1, result.stdout
+
+
+def test_write_through_benchmark_on_redis_commits_to_a_real_redis():
+    from tests.redis_server import require_redis_server
+
+    require_redis_server()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.write_through",
+            "--transport",
+            "many",
+            "--sessions",
+            "8",
+            "--rounds",
+            "1",
+            "--seconds",
+            "0.5",
+            "--store",
+            "redis",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    ratio = re.search(r"write-through on redis/none = (\d+\.\d+)", result.stdout)
+    assert ratio and float(ratio.group(1)) > 0, result.stdout
+    commits = re.search(
+        r"round 0 write-through: [\d,]+ steps/s, (\d+) commits of (\d+\.\d)", result.stdout
+    )
+    assert commits and int(commits.group(1)) > 0 and float(commits.group(2)) > 1, result.stdout
+    assert "write-through-normal" not in result.stdout, "a SQLite pragma: not run on Redis"

@@ -23,6 +23,7 @@ DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_CUDA = DEPLOY / "docker-compose.cuda.yml"
 COMPOSE_HOSTNET = DEPLOY / "docker-compose.hostnet.yml"
+COMPOSE_REDIS = DEPLOY / "docker-compose.redis.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 GRAFANA = DEPLOY / "grafana"
 CONTAINER_CONFIG_PATH = "/etc/seqinfer/seqinfer.yaml"
@@ -64,8 +65,8 @@ def dockerfile_healthcheck(path: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     "files",
-    [[COMPOSE], [COMPOSE, COMPOSE_CUDA], [COMPOSE, COMPOSE_HOSTNET]],
-    ids=["base", "cuda", "hostnet"],
+    [[COMPOSE], [COMPOSE, COMPOSE_CUDA], [COMPOSE, COMPOSE_HOSTNET], [COMPOSE, COMPOSE_REDIS]],
+    ids=["base", "cuda", "hostnet", "redis"],
 )
 def test_compose_files_validate(files: list[Path]) -> None:
     tool = shutil.which("docker-compose")
@@ -121,6 +122,25 @@ def test_cuda_override_reserves_a_gpu_and_uses_the_cuda_image() -> None:
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert cuda["command"] == dockerfile_exec_form(DEPLOY / "Dockerfile.cuda", "CMD")
     assert cuda["command"][-2:] == ["--device", "cuda"]
+
+
+def test_redis_override_keeps_sessions_in_a_durable_redis() -> None:
+    services = load_yaml(COMPOSE_REDIS)["services"]
+    redis = services["redis"]
+    command = redis["command"]
+    # Write-through's promise holds for what Redis keeps: an fsync'd append-only file.
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"
+    assert "redis-data:/data" in redis["volumes"]
+    assert "ports" not in redis, "Redis is reached inside the compose network only"
+    seqinfer = services["seqinfer"]
+    env = seqinfer["environment"]
+    assert env["SEQINFER_STATE_STORE"] == "redis"
+    assert env["SEQINFER_REDIS_URL"] == "redis://redis:6379/0"
+    assert "write-through" in env["SEQINFER_DURABILITY"]
+    # The server refuses to start without its Redis: wait until Redis answers.
+    assert seqinfer["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
 def test_hostnet_override_is_loopback_only() -> None:

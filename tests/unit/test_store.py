@@ -68,3 +68,21 @@ def test_an_old_schema_file_is_migrated_at_revision_zero(tmp_path: Path):
     assert store.write([StoreWrite("old", 0, b"\x02")]) == []
     assert store.read(["old"]) == {"old": b"\x02"}
     store.close()
+
+
+def test_revision_stamps_grow_past_the_clock_and_past_a_seen_revision(monkeypatch):
+    import time
+
+    from seqinfer.service.revisions import RevisionClock
+
+    clock = RevisionClock()
+    now = 1_800_000_000_000_000  # microseconds
+    monkeypatch.setattr(time, "time_ns", lambda: now * 1000)
+    first = clock.next()
+    assert first == now
+    assert clock.next() == now + 1  # same microsecond: still grows
+    now -= 5_000_000  # the wall clock set back 5 s
+    assert clock.next() == now + 5_000_002
+    clock.at_least(now + 10**9)
+    assert clock.next() == now + 10**9 + 1
+    assert clock.next() < 2**53  # exact in Redis's Lua doubles

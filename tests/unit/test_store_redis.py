@@ -123,3 +123,59 @@ def test_starting_with_redis_down_fails_clearly(tmp_path: Path):
     server = RedisServer(tmp_path / "redis")  # never started: nothing listens on its port
     with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{server.port}"):
         RedisStore(server.url, timeout=1.0)
+
+
+def test_a_large_write_goes_as_scripts_of_bounded_size(
+    redis_server: RedisServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from seqinfer.service import store_redis
+
+    monkeypatch.setattr(store_redis, "CHUNK_KEYS", 100)
+    monkeypatch.setattr(store_redis, "CHUNK_BYTES", 2000)  # 50 records of 40 bytes
+    store = RedisStore(redis_server.url, "t:")
+    sent: list[int] = []
+    script = store._cas
+
+    def counting(keys: list[str], args: list[object]) -> object:
+        sent.append(len(keys))
+        return script(keys=keys, args=args)
+
+    store._cas = counting  # type: ignore[assignment]
+    store.write([StoreWrite(f"k{i}", 5, b"x" * 40) for i in range(330)])
+    assert sent == [50] * 6 + [30], "split by bytes, every record sent once"
+    assert len(dict(store.read_all())) == 330
+    sent.clear()
+    # Stale keys are found in every chunk; 250 deletes go as scripts of at most 100 keys.
+    refused = store.write(
+        [StoreWrite(f"k{i}", 4 if i % 60 == 0 else 6, b"y" * 40) for i in range(120)],
+        [f"k{i}" for i in range(80, 330)],
+    )
+    assert refused == [f"k{i}" for i in (0, 60)]
+    assert sent == [50, 50, 20 + 100, 100, 50]
+    held = dict(store.read_all())
+    assert sorted(held) == sorted(f"k{i}" for i in range(80))
+    assert held["k0"] == b"x" * 40 and held["k1"] == b"y" * 40
+    store.close()
+
+
+def test_records_of_any_bytes_like_and_length_round_trip(redis_server: RedisServer):  # noqa: F811
+    store = RedisStore(redis_server.url, "t:")
+    data = bytes(range(256)) * 3 + b"\x00:,"  # the separators the script parses, inside a record
+    entries = [
+        StoreWrite("empty", 1, b""),
+        StoreWrite("array", 2, bytearray(data)),
+        ("view", memoryview(data)[5:]),
+        StoreWrite("last", 3, data),
+    ]
+    assert store.write(entries) == []
+    assert store.read(["empty", "array", "view", "last"]) == {
+        "empty": b"",
+        "array": data,
+        "view": data[5:],
+        "last": data,
+    }
+    assert store.revisions(["empty", "array", "view", "last"]) == {
+        "empty": 1, "array": 2, "view": 0, "last": 3,
+    }  # fmt: skip
+    store.close()

@@ -1,7 +1,8 @@
 """`seqinfer sessions list|export|import|delete`: an operator's hands on a session store.
 
-These read and write ``<state_dir>/sessions.sqlite3`` directly, not through
-a server: a store is there to be inspected, backed up and moved when no
+These read and write the store directly (``<state_dir>/sessions.sqlite3``,
+or with ``--state-store redis`` the Redis at ``--redis-url``: ``session_stores``),
+not through a server: a store is there to be inspected, backed up and moved when no
 server is up (after a SIGTERM, on the way to another host). ``list`` and
 ``export`` open the file read-only, so they work while a server runs (a WAL
 reader neither blocks the server's snapshots nor is blocked by them) and see
@@ -24,7 +25,6 @@ stderr with the session named), 2 for a usage error.
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,8 +36,19 @@ import typer
 
 from seqinfer.cli.common import TYPER_SETTINGS, OutputFormat, OutputOpt, format_table, print_json
 from seqinfer.cli.session_archive import ArchiveError, read_archive, write_archive
+from seqinfer.cli.session_stores import (
+    DEFAULT_PREFIX,
+    DEFAULT_REDIS_URL,
+    RedisPrefixOpt,
+    RedisUrlOpt,
+    StateDirOpt,
+    StoreChoice,
+    StoreError,
+    StoreKind,
+    StoreKindOpt,
+)
 from seqinfer.service.records import RecordError, SessionRecord
-from seqinfer.service.store import STORE_FILE, SqliteStore
+from seqinfer.service.store import StateStore, StoreUnavailable
 from seqinfer.service.tenants import session_key
 
 
@@ -49,16 +60,6 @@ class Replace(StrEnum):
     never = "never"
 
 
-StateDirOpt = Annotated[
-    Path,
-    typer.Option(
-        "--state-dir",
-        envvar="SEQINFER_STATE_DIR",
-        show_envvar=True,
-        file_okay=False,
-        help="The server's state_dir (the store is STATE_DIR/sessions.sqlite3).",
-    ),
-]
 TenantOpt = Annotated[
     str | None,
     typer.Option("--tenant", help="Only this tenant's sessions ('' = sessions without a tenant)."),
@@ -101,21 +102,19 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def read_store(state_dir: Path) -> list[Entry]:
-    """Every row of the store, read-only (works beside a running server)."""
-    path = state_dir / STORE_FILE
-    if not path.is_file():
-        raise _fail(f"no session store at {path}")
+def read_store(store: StoreChoice) -> list[Entry]:
+    """Every record of the store, by key, judged (works beside a running server)."""
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT session_id, record FROM sessions ORDER BY session_id")
-            entries = [judge(str(key), bytes(data)) for key, data in rows]
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        raise _fail(f"cannot read {path}: {exc}") from exc
-    return entries
+        return [judge(key, data) for key, data in store.read()]
+    except StoreError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _writing(store: StoreChoice) -> StateStore:
+    try:
+        return store.open()
+    except StoreError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _matches(entry: Entry, tenant: str | None, model: str | None) -> bool:
@@ -198,12 +197,16 @@ def register(app: typer.Typer) -> None:
 
     @group.command("list")
     def list_(
-        state_dir: StateDirOpt,
+        state_dir: StateDirOpt = None,
+        state_store: StoreKindOpt = StoreKind.sqlite,
+        redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
+        redis_key_prefix: RedisPrefixOpt = DEFAULT_PREFIX,
         tenant: TenantOpt = None,
         output: OutputOpt = OutputFormat.table,
     ) -> None:
         """One line per stored session: ok, or refused and why. Safe while a server runs."""
-        entries = [e for e in read_store(state_dir) if _matches(e, tenant, None)]
+        store = StoreChoice(state_store, state_dir, redis_url, redis_key_prefix)
+        entries = [e for e in read_store(store) if _matches(e, tenant, None)]
         if output is OutputFormat.json:
             print_json([_as_json(e) for e in entries])
         else:
@@ -211,7 +214,6 @@ def register(app: typer.Typer) -> None:
 
     @group.command("export")
     def export(
-        state_dir: StateDirOpt,
         out: Annotated[
             str, typer.Option("--out", help="File to write; - for stdout.", show_default=False)
         ],
@@ -219,11 +221,16 @@ def register(app: typer.Typer) -> None:
         model: Annotated[
             str | None, typer.Option("--model", help="Only this model: NAME or NAME:VERSION.")
         ] = None,
+        state_dir: StateDirOpt = None,
+        state_store: StoreKindOpt = StoreKind.sqlite,
+        redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
+        redis_key_prefix: RedisPrefixOpt = DEFAULT_PREFIX,
     ) -> None:
         """Write stored sessions to one portable file, records as stored."""
+        store = StoreChoice(state_store, state_dir, redis_url, redis_key_prefix)
         picked: list[Entry] = []
         skipped: list[Entry] = []
-        for entry in read_store(state_dir):
+        for entry in read_store(store):
             if not _matches(entry, tenant, model):
                 continue
             (skipped if entry.refused else picked).append(entry)
@@ -250,7 +257,6 @@ def register(app: typer.Typer) -> None:
 
     @group.command("import")
     def import_(
-        state_dir: StateDirOpt,
         file: Annotated[
             str,
             typer.Argument(help="An export file (`sessions export`); - for stdin.", metavar="FILE"),
@@ -264,8 +270,13 @@ def register(app: typer.Typer) -> None:
                 "never = the stored one.",
             ),
         ] = Replace.newer,
+        state_dir: StateDirOpt = None,
+        state_store: StoreKindOpt = StoreKind.sqlite,
+        redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
+        redis_key_prefix: RedisPrefixOpt = DEFAULT_PREFIX,
     ) -> None:
         """Add the sessions of an export file to a store (stop its server first)."""
+        choice = StoreChoice(state_store, state_dir, redis_url, redis_key_prefix)
         try:
             data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
             entries = read_archive(data)
@@ -273,7 +284,7 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"cannot read {file}: {exc}") from exc
         except ArchiveError as exc:
             raise _fail(f"{file}: {exc}; nothing imported") from exc
-        store = SqliteStore(state_dir)
+        store = _writing(choice)
         try:
             stored = dict(store.read_all())
             writes, kept, refused = [], 0, 0
@@ -290,7 +301,10 @@ def register(app: typer.Typer) -> None:
                     kept += 1
                     continue
                 writes.append((key, record_bytes))
+            # One write: a SQLite transaction; on Redis, scripts of bounded size.
             store.write(writes)
+        except StoreUnavailable as lost:
+            raise _fail(f"{lost}; nothing imported from this call may be assumed") from lost
         finally:
             store.close()
         typer.echo(
@@ -302,20 +316,26 @@ def register(app: typer.Typer) -> None:
 
     @group.command("delete")
     def delete(
-        state_dir: StateDirOpt,
         session_ids: Annotated[
             list[str], typer.Argument(help="Session ids to delete.", metavar="ID...")
         ],
         tenant: Annotated[str, typer.Option("--tenant", help="Whose sessions ('' = none).")] = "",
+        state_dir: StateDirOpt = None,
+        state_store: StoreKindOpt = StoreKind.sqlite,
+        redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
+        redis_key_prefix: RedisPrefixOpt = DEFAULT_PREFIX,
     ) -> None:
         """Delete stored sessions by id (stop the server first, or it writes them back)."""
-        known = {e.key for e in read_store(state_dir)}
+        choice = StoreChoice(state_store, state_dir, redis_url, redis_key_prefix)
+        known = {e.key for e in read_store(choice)}
         session_ids = list(dict.fromkeys(session_ids))  # each id once, in order
         keys = [session_key(tenant, sid) for sid in session_ids]
         missing = [sid for sid, key in zip(session_ids, keys) if key not in known]
-        store = SqliteStore(state_dir)
+        store = _writing(choice)
         try:
-            store.delete(key for key in keys if key in known)
+            store.delete([key for key in keys if key in known])
+        except StoreUnavailable as lost:
+            raise _fail(str(lost)) from lost
         finally:
             store.close()
         for sid in missing:

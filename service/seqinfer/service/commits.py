@@ -68,16 +68,18 @@ class WriteThrough:
         outcomes: list[StepOutcome],
         states: torch.Tensor,
         done: float,
-    ) -> StoreUnavailable | None:
+    ) -> StoreUnavailable | dict[str, StoreUnavailable] | None:
         """Commit the batch's sessions as they will be once ``outcomes`` apply (at
-        monotonic time ``done``); None when committed, else the refusal to send."""
+        monotonic time ``done``); None when committed, else the refusal to send:
+        one for the whole batch, or, when the store refused some sessions' writes
+        as stale, one per session key refused."""
         taken, rows, deletes = self._taken(batch, outcomes, done)
         markers: dict[str, Marker] = {t.key: (t.step, done) for t in taken}
         try:
             chosen = states if len(rows) == len(batch) else states[rows]
             spec = self.spec
             # Encoded on the store's thread, right before its write: one hand-off.
-            await self.durability.submit_write(
+            stale = await self.durability.submit_write(
                 lambda: encode_batch(spec, taken, chosen), deletes, markers
             )
         except Exception as exc:
@@ -97,7 +99,19 @@ class WriteThrough:
                 "with the same expected_step and request_id"
             )
         self.written([t.key for t in taken])
-        return None
+        if not stale:
+            return None
+        # The store holds a newer revision of these sessions than this server
+        # wrote (``revisions``): this step is applied here but not kept there.
+        # Durability logged the keys; each step is refused and counted.
+        self._uncommitted.update(stale)
+        for _ in stale:
+            self.observer.request_rejected(self.model_key, "stale")
+        error = StoreUnavailable(
+            "the state store holds a newer revision of this session than this server "
+            "wrote (another writer); this step is applied here but not kept"
+        )
+        return dict.fromkeys(stale, error)
 
     @staticmethod
     def _taken(
@@ -113,7 +127,9 @@ class WriteThrough:
                 deletes.append(s.key)
                 continue
             if item.request_id:
-                replay = (item.request_id, s.step, outcome.copy(replayed=False))
+                # The outcome itself, not a copy: the encoder only reads it, and
+                # the scheduler keeps its own copy once the commit is done.
+                replay = (item.request_id, s.step, outcome)
             elif s.last_reply is not None:
                 replay = (s.last_request_id, s.last_step_before, s.last_reply)
             else:

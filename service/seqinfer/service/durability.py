@@ -45,9 +45,10 @@ from seqinfer.service.records import (
     SessionRecord,
     check_fits,
 )
+from seqinfer.service.revisions import RevisionClock
 from seqinfer.service.runtime import ModelRuntime
 from seqinfer.service.sessions import Session
-from seqinfer.service.store import StateStore
+from seqinfer.service.store import StateStore, StoreWrite
 
 if TYPE_CHECKING:
     from seqinfer.service.tiering import Tiering
@@ -98,6 +99,9 @@ class Durability:
         # is never overwritten by a snapshot chunk submitted before it.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.on_written: Callable[[list[str]], None] | None = None
+        # Every write is compare-and-set on a stamp of this clock (``revisions``).
+        self.revisions = RevisionClock()
+        self.refused = 0  # writes the store refused as stale, since start
         # Models with tiers (``tiering``), by model key: an eager restore puts on
         # the device only what its slab bound holds, the rest stays in the store.
         self.tierings: dict[str, Tiering] = {}
@@ -121,35 +125,59 @@ class Durability:
         records: list[tuple[str, bytes]] | Callable[[], list[tuple[str, bytes]]],
         deletes: list[str],
         markers: dict[str, Marker],
-    ) -> asyncio.Future[None]:
+        revisions: dict[str, int] | None = None,
+    ) -> asyncio.Future[list[str]]:
         """Queue one transaction on the store thread; once it is committed the
-        markers say what the store holds (the caller awaits the future).
+        markers say what the store holds (the caller awaits the future, which
+        gets the keys the store refused as stale).
 
         ``records`` may be a function that makes them, run on the store thread
-        first: a commit then costs one thread hand-off, not two.
+        first: a commit then costs one thread hand-off, not two. Every record
+        is written compare-and-set (``revisions``): with the revision given per
+        key (a snapshot stamps a chunk when it takes it), else one stamped now,
+        which is right for states that can change no more before they are
+        written (a committing batch's sessions are busy).
         """
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[list[str]] = loop.create_future()
+        stamp = self.revisions.next()
 
-        def write() -> list[str]:
+        def write() -> tuple[list[str], list[str]]:
             made = records() if callable(records) else records
-            self.store.write(made, deletes)
-            return [key for key, _ in made]
+            held = revisions or {}
+            stale = self.store.write(
+                [StoreWrite(key, held.get(key, stamp), data) for key, data in made], deletes
+            )
+            return [key for key, _ in made], list(stale or ())
 
-        def committed(result: asyncio.Future[list[str]]) -> None:
+        def committed(result: asyncio.Future[tuple[list[str], list[str]]]) -> None:
             error = result.exception()
             if error is not None:
                 if not done.done():
                     done.set_exception(error)
                 return
-            written = result.result()
+            made, stale = result.result()
             for key in deletes:
                 self._written.pop(key, None)
+            written = made
+            if stale:
+                # A newer revision is held: another writer (a server sharing the
+                # store) or this server's clock set back. Not marked written, so
+                # a later pass tries again.
+                self.refused += len(stale)
+                log.warning(
+                    "store refused %d of %d writes as stale (it holds a newer revision): %s",
+                    len(stale),
+                    len(made),
+                    ", ".join(repr(key) for key in stale[:5]) + (" ..." if len(stale) > 5 else ""),
+                )
+                refused = set(stale)
+                written = [key for key in made if key not in refused]
             self._written.update((key, markers[key]) for key in written if key in markers)
             if self.on_written is not None:
                 self.on_written(written)
             if not done.done():
-                done.set_result(None)
+                done.set_result(stale)
 
         loop.run_in_executor(self._io, write).add_done_callback(committed)
         return done
@@ -249,12 +277,16 @@ class Durability:
             started = time.monotonic()
             records: list[tuple[str, bytes]] = []
             markers: dict[str, Marker] = {}
+            revisions: dict[str, int] = {}
             for runtime in self.runtimes:
                 sessions = list(runtime.table.by_id.values())
                 for at in range(0, len(sessions), CHUNK):
+                    # Stamped as taken: a commit of a later step is stamped later.
+                    stamp = self.revisions.next()
                     taken, slots = self._take(sessions[at : at + CHUNK], full)
                     if not taken:
                         continue
+                    revisions.update((t.key, stamp) for t in taken)
                     states = await asyncio.wrap_future(runtime.submit_read(slots))
                     encoded = await asyncio.to_thread(encode_batch, runtime.spec, taken, states)
                     records.extend(encoded)
@@ -273,7 +305,7 @@ class Durability:
                 ]
             deletes = [sid for sid in self._written.keys() | markers.keys() if sid not in live]
             if records or deletes:
-                await self.submit_write(records, deletes, markers)
+                await self.submit_write(records, deletes, markers, revisions)
             level = logging.INFO if records or deletes or full else logging.DEBUG
             log.log(
                 level,

@@ -56,7 +56,7 @@ class Observer:
 
     def request_rejected(self, model: str, reason: str) -> None:
         """A step request was refused: reason in {"backpressure", "deadline", "invalid",
-        "cancelled", "capacity", "draining", "step_gap"}."""
+        "cancelled", "capacity", "draining", "step_gap", "quota", "store", "stale"}."""
 
     def batch_completed(self, model: str, requests: int, timesteps: int, seconds: float) -> None:
         """One scheduler iteration ran the engine over ``requests`` sessions."""

@@ -1,29 +1,22 @@
 """Continuous batching for one model.
 
-A plain class with explicit queues (``queues``): each session keeps its own
-FIFO of ``StepItem``s, and ``_ready`` holds the sessions that have work and
-no request in the engine, handed out round-robin by tenant. One iteration
-takes the head item of up to ``max_batch_size`` ready sessions (so never two
-of one session in a batch, and a session's items apply strictly in arrival
-order), checks deadlines, cancellation and ``expected_step`` against the
-session's *current* counter (exact: it has nothing in flight), computes the batch
-(``_execute``, the one path every batch takes), then answers every item.
-While a batch computes on the worker, the event loop keeps reading requests
-into the queues, so the next batch is assembled from everything that
-arrived meanwhile.
+A plain class with explicit queues (``queues``, which also bound them and
+raise QUEUE_FULL): each session keeps its own FIFO of ``StepItem``s, and
+``_ready`` holds the sessions that have work and nothing in the engine,
+handed out round-robin by tenant. One iteration takes the head item of up to
+``max_batch_size`` ready sessions (never two of one session in a batch, so a
+session's items apply in arrival order), checks deadlines, cancellation and
+``expected_step`` against the session's *current* counter (exact: it has
+nothing in flight), computes the batch (``_execute``, the one path every
+batch takes), commits it with durability ``write-through`` (``committer``),
+then answers every item. While a batch computes on the worker, the event
+loop keeps reading requests into the queues for the next batch.
 
 The scheduler is the only writer of a session's step counter, replay record
 (the last request id, the counter before it, the cached reply) and queue:
 steps write them in ``_complete``, fork and import through ``set_counter``,
-a restore from a state store through ``restore``.
-That is what makes ``expected_step`` exact: nothing else moves the counter
-between the check in ``checks.first_runnable`` and the step's completion.
-
-With durability ``write-through`` (``committer``), a batch's new states are
-committed to the store between its compute and its replies.
-
-Queued work is bounded per model and per session, in requests and in input
-bytes (``queues``: ``submit`` raises QUEUE_FULL).
+a restore from a state store through ``restore``. So nothing moves the
+counter between the check in ``checks.first_runnable`` and the completion.
 
 A session being closed (``close_after_work``) accepts nothing new and is
 closed by the loop once its accepted work has been answered, so the final
@@ -42,13 +35,19 @@ import torch
 
 from seqinfer.service.checks import first_runnable
 from seqinfer.service.engine import EngineItem, EngineResult, GRUEngine
-from seqinfer.service.errors import SeqinferError, SessionNotFound, draining, internal
+from seqinfer.service.errors import (
+    SeqinferError,
+    SessionNotFound,
+    StoreUnavailable,
+    draining,
+    internal,
+)
 from seqinfer.service.observer import Observer
 from seqinfer.service.protocol import StepOutcome
 from seqinfer.service.queues import StepQueues
 from seqinfer.service.sessions import Session, SessionTable
 from seqinfer.service.slab import StateSlab
-from seqinfer.service.work import StepItem, engine_items
+from seqinfer.service.work import StepItem, engine_items, step_outcomes
 from seqinfer.service.worker import SerialWorker
 
 if TYPE_CHECKING:
@@ -243,7 +242,7 @@ class Scheduler:
             self._fail_batch(batch, exc)
         else:
             done = time.monotonic()
-            outcomes = self._outcomes(batch, results)
+            outcomes = step_outcomes(batch, results)
             refusal = None
             if self.committer is not None and states is not None:
                 refusal = await self.committer.commit(batch, outcomes, states, done)
@@ -319,32 +318,17 @@ class Scheduler:
 
     # ---------------------------------------------------------- completion --
 
-    @staticmethod
-    def _outcomes(batch: list[StepItem], results: list[EngineResult]) -> list[StepOutcome]:
-        """Each item's reply, with the counter it takes its session to (not yet applied)."""
-        return [
-            StepOutcome(
-                item.session.session_id,
-                item.request_id,
-                (0 if item.reset else item.session.step) + item.timesteps,
-                result.outputs,
-                result.state,
-                item.created,
-                item.end,
-            )
-            for item, result in zip(batch, results)
-        ]
-
     def _complete(
         self,
         batch: list[StepItem],
         outcomes: list[StepOutcome],
         started: float,
         done: float,
-        refusal: SeqinferError | None,
+        refusal: SeqinferError | dict[str, StoreUnavailable] | None,
     ) -> None:
         """Apply each item's counter and replay record, then answer it (or, when
-        its commit failed, refuse it with ``refusal``: applied, not yet kept)."""
+        its commit failed, refuse it with ``refusal``: applied, not yet kept;
+        for the whole batch, or per session key when only some were refused)."""
         timesteps = 0
         key = self.model_key
         observer = self.observer
@@ -372,10 +356,11 @@ class Scheduler:
                     self._ready.append(session)
                 elif session.close_waiter is not None:
                     closing.append(session)
-            if refusal is None:
+            error = refusal.get(session.key) if isinstance(refusal, dict) else refusal
+            if error is None:
                 item.answer(outcome)
             else:
-                item.refuse(refusal)
+                item.refuse(error)
             observer.request_completed(
                 key, item.timesteps, done - item.enqueued_at, started - item.enqueued_at
             )

@@ -31,6 +31,13 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 STORE_FILE = "sessions.sqlite3"
+# Under BEGIN IMMEDIATE nothing else writes between the upsert and the count
+# of the rows it changed.
+_CAS_UPSERT = (
+    "INSERT INTO sessions (session_id, record, revision) VALUES (?, ?, ?) "
+    "ON CONFLICT(session_id) DO UPDATE SET record = excluded.record, "
+    "revision = excluded.revision WHERE excluded.revision >= sessions.revision"
+)
 
 
 class StoreUnavailable(Exception):
@@ -49,8 +56,11 @@ class StoreWrite:
 
 
 class StateStore(Protocol):
-    def write(self, records: Iterable[tuple[str, bytes]], deletes: Iterable[str] = ()) -> object:
-        """Upsert ``(session_id, record)`` pairs and delete ids, in one transaction."""
+    def write(
+        self, records: Iterable[tuple[str, bytes] | StoreWrite], deletes: Iterable[str] = ()
+    ) -> list[str] | None:
+        """Upsert ``(session_id, record)`` pairs and ``StoreWrite``s (compare-and-set)
+        and delete ids, in one transaction; returns the keys refused as stale."""
         ...
 
     def read(self, keys: Sequence[str]) -> dict[str, bytes]:
@@ -76,6 +86,12 @@ class SqliteStore:
         # isolation_level=None: transactions are begun and committed explicitly
         # below, not implicitly by the sqlite3 module.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # 16 KiB pages for a new file (an existing one keeps its own): a record of
+        # a 2 KiB state is ~2.7 KiB, one to a default 4 KiB page with a third of
+        # it empty, five to a 16 KiB page; a batch's commit then writes fewer
+        # pages to the WAL (measured: a 256-session commit ~20 % faster) and
+        # the file is smaller. Must precede journal_mode, which creates the file.
+        self._db.execute("PRAGMA page_size=16384")
         # WAL: a snapshot's transaction does not block a reader (the sessions
         # CLI, a backup), and a crash mid-write leaves the last commit intact.
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -110,41 +126,51 @@ class SqliteStore:
         A ``StoreWrite`` replaces the held record only if its revision is not
         lower than the held one; a plain pair overwrites and keeps the revision.
         """
+        plain: list[tuple[str, bytes]] = []
+        checked: list[tuple[str, bytes, int]] = []
+        for entry in records:
+            if isinstance(entry, StoreWrite):
+                checked.append((entry.key, entry.record, entry.revision))
+            else:
+                plain.append(entry)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 stale: list[str] = []
-                plain: list[tuple[str, bytes]] = []
-                checked: list[StoreWrite] = []
-                for entry in records:
-                    if isinstance(entry, StoreWrite):
-                        checked.append(entry)
-                    else:
-                        plain.append(entry)
-                self._db.executemany(
-                    "INSERT INTO sessions (session_id, record) VALUES (?, ?) "
-                    "ON CONFLICT(session_id) DO UPDATE SET record = excluded.record",
-                    plain,
-                )
-                for entry in checked:
-                    # Under BEGIN IMMEDIATE nothing else writes between the
-                    # upsert and the count of the rows it changed.
-                    changed = self._db.execute(
-                        "INSERT INTO sessions (session_id, record, revision) VALUES (?, ?, ?) "
-                        "ON CONFLICT(session_id) DO UPDATE SET record = excluded.record, "
-                        "revision = excluded.revision "
-                        "WHERE excluded.revision >= sessions.revision",
-                        (entry.key, entry.record, entry.revision),
-                    ).rowcount
-                    if changed == 0:
-                        stale.append(entry.key)
-                self._db.executemany(
-                    "DELETE FROM sessions WHERE session_id = ?", ((sid,) for sid in deletes)
-                )
+                if plain:
+                    self._db.executemany(
+                        "INSERT INTO sessions (session_id, record) VALUES (?, ?) "
+                        "ON CONFLICT(session_id) DO UPDATE SET record = excluded.record",
+                        plain,
+                    )
+                if checked:
+                    # One prepared statement for the batch, not a statement and a
+                    # rowcount per row (a fifth of a 256-session commit went there).
+                    # A refused row changes nothing, so the total tells whether any
+                    # was refused; only then are the refused ones looked up.
+                    changed = self._db.executemany(_CAS_UPSERT, checked).rowcount
+                    if changed != len(checked):
+                        stale = self._stale(checked)
+                if deletes:
+                    self._db.executemany(
+                        "DELETE FROM sessions WHERE session_id = ?", ((sid,) for sid in deletes)
+                    )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        return stale
+
+    def _stale(self, checked: list[tuple[str, bytes, int]]) -> list[str]:
+        """The keys of ``checked`` whose held revision is above the one written
+        (inside the write's transaction: nothing else has written since)."""
+        stale = []
+        for key, _, revision in checked:
+            row = self._db.execute(
+                "SELECT revision FROM sessions WHERE session_id = ?", (key,)
+            ).fetchone()
+            if row is not None and int(row[0]) > revision:
+                stale.append(key)
         return stale
 
     def read(self, keys: Sequence[str]) -> dict[str, bytes]:

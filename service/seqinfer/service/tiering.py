@@ -173,7 +173,7 @@ class Tiering:
         markers = {t.key: (t.step, t.last_used) for t in taken}
         try:
             states = await asyncio.wrap_future(self.runtime.submit_read(slots))
-            await self.durability.submit_write(
+            stale = await self.durability.submit_write(
                 lambda: encode_batch(spec, taken, states), [], markers
             )
         except Exception as exc:
@@ -186,7 +186,8 @@ class Tiering:
             ) from exc
         freed = 0
         for victim in victims:
-            written = victim.key in markers
+            # One the store refused as stale is not in it: it keeps its slot.
+            written = victim.key in markers and victim.key not in stale
             if written and not victim.pending and victim.close_waiter is None and not victim.closed:
                 # Its replay record is in the store with its state: memory holds neither.
                 self.scheduler.restore(victim, victim.step, "", -1, None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqinfer.service.engine import EngineItem, OutputMode
+from seqinfer.service.engine import EngineItem, EngineResult, OutputMode
 from seqinfer.service.errors import SeqinferError
 from seqinfer.service.protocol import (
     StepBatch,
@@ -105,4 +105,20 @@ def engine_items(batch: list[StepItem]) -> list[EngineItem]:
     return [
         EngineItem(it.session.slot, it.inputs, it.reset, it.output_mode, it.return_state)
         for it in batch
+    ]
+
+
+def step_outcomes(batch: list[StepItem], results: list[EngineResult]) -> list[StepOutcome]:
+    """Each item's reply, with the counter it takes its session to (not yet applied)."""
+    return [
+        StepOutcome(
+            item.session.session_id,
+            item.request_id,
+            (0 if item.reset else item.session.step) + item.timesteps,
+            result.outputs,
+            result.state,
+            item.created,
+            item.end,
+        )
+        for item, result in zip(batch, results)
     ]

@@ -54,6 +54,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "step_gap",
     "quota",
     "store",
+    "stale",
 )
 # grpc.StatusCode names, spelled out so that this module needs no grpc import to validate.
 STATUS_CODES: frozenset[str] = frozenset(
