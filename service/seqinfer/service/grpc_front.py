@@ -19,7 +19,7 @@ from seqinfer.service.engine_client import EngineClient
 from seqinfer.service.guard import CallGuard
 from seqinfer.service.observer import Observer
 from seqinfer.service.reflection import enable_reflection
-from seqinfer.service.security import ServerTls
+from seqinfer.service.security import ServerTls, reload_token_table
 from seqinfer.service.servicer import SeqinferServicer
 from seqinfer.service.tenants import TokenTable
 from seqinfer.service.wire import add_servicer
@@ -65,13 +65,13 @@ class GrpcFront:
                 ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
             ]
         )
-        guard = CallGuard(
+        self.guard = CallGuard(
             observer,
             settings.max_concurrent_rpcs,
             tokens,
             tenant_label=settings.metrics_tenant_label,
         )
-        add_servicer(SeqinferServicer(engine, settings), self.server, guard)
+        add_servicer(SeqinferServicer(engine, settings), self.server, self.guard)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
@@ -100,9 +100,22 @@ class GrpcFront:
     def reload_certificates(self) -> bool:
         """SIGHUP: new connections use the files as they are now (see ``security``)."""
         if self.tls is None:
-            log.info("SIGHUP ignored: this server does not serve TLS")
+            log.info("SIGHUP: this server serves no TLS, no certificate to reload")
             return False
         return self.tls.reload()
+
+    def reload_tokens(self) -> TokenTable | None:
+        """SIGHUP: the guard checks calls against the token file as it is now.
+
+        Returns the new table (for the engine's quotas), or None when there is
+        no token file or the file was refused (the guard keeps the old one).
+        A call already past the guard goes on; the next call with a removed
+        token is UNAUTHENTICATED.
+        """
+        table = reload_token_table(self.settings)
+        if table is not None:
+            self.guard.tokens = table
+        return table
 
     async def not_serving(self) -> None:
         """Health reads NOT_SERVING from now on (the drain's first step)."""
