@@ -76,7 +76,7 @@ class EngineHost:
                 for seq in message[1]:
                     self._recall(identity, seq)
             elif message[0] == "metrics":
-                self._frontend_metrics(message[1], message[2])
+                self._frontend_metrics(message[1], message[2], message[3])
             else:
                 _, seq, method, args = message
                 task = asyncio.get_running_loop().create_task(
@@ -85,18 +85,19 @@ class EngineHost:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _frontend_metrics(self, frontend: object, snapshot: object) -> None:
+    def _frontend_metrics(self, frontend: object, snapshot: object, tenants: object) -> None:
         """Keep a front end's latest counters for the exporter; never answered."""
         if self._observer is None:
             return
-        from seqinfer.service.metrics.frontends import methods_from
+        from seqinfer.service.metrics.frontends import methods_from, tenants_from
 
         try:
             methods = methods_from(snapshot)
+            by_tenant = tenants_from(tenants)
         except (ValueError, TypeError) as error:
             log.warning("metrics: front end %s sent a bad snapshot: %s", frontend, error)
             return
-        if not self._observer.set_frontend(str(frontend), methods):
+        if not self._observer.set_frontend(str(frontend), methods, by_tenant):
             log.warning("metrics: too many front ends; front end %s not exported", frontend)
 
     def close(self) -> None:

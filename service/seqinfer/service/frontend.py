@@ -50,7 +50,9 @@ async def _main(settings: Settings, socket_path: str, index: int, counted: bool)
         from seqinfer.service.metrics import PrometheusObserver
 
         counters = PrometheusObserver()
-        metrics = FrontendMetrics(counters, lambda snapshot: engine.send_metrics(index, snapshot))
+        metrics = FrontendMetrics(
+            counters, lambda snapshot, tenants: engine.send_metrics(index, snapshot, tenants)
+        )
         observer = counters
     front = GrpcFront(
         settings,

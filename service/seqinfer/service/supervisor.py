@@ -123,11 +123,6 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward_sighup)
-        if self.settings.metrics_tenant_label:
-            log.warning(
-                "metrics_tenant_label: front ends do not forward tenant counters yet; "
-                "seqinfer_tenant_requests_total stays empty under --frontends"
-            )
         self._engine = await self._spawn(ENGINE, self.settings)
         await self._first_line(self._engine, "seqinfer-engine: ready", "the engine")
         self._engine_ready = True
