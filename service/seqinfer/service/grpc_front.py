@@ -10,6 +10,7 @@ than the engine.
 from __future__ import annotations
 
 import logging
+import secrets
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +28,25 @@ from seqinfer.v1 import seqinfer_pb2 as pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Seqinfer"].full_name
+
+
+# Trailing metadata of every health check: which server process answered (a
+# random id, nothing else), so that a client over several front ends' ports
+# can tell when its round_robin channel reaches all of them (the client's
+# ``spread``). Health is open to all; the id says nothing about sessions.
+SERVER_ID = "x-seqinfer-server-id"
+
+
+class _NamedHealth(health.aio.HealthServicer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.server_id = secrets.token_hex(8)
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        context.set_trailing_metadata(((SERVER_ID, self.server_id),))
+        return await super().Check(request, context)
 
 
 class GrpcFront:
@@ -72,7 +92,7 @@ class GrpcFront:
             tenant_label=settings.metrics_tenant_label,
         )
         add_servicer(SeqinferServicer(engine, settings), self.server, self.guard)
-        self.health = health.aio.HealthServicer()
+        self.health = _NamedHealth()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
             enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.server)
