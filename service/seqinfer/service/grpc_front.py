@@ -83,6 +83,14 @@ class GrpcFront:
                 # maximum_concurrent_rpcs would make that queue wait instead.)
                 ("grpc.server.max_pending_requests", calls),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
+                # Opt-in shedding below Python: HTTP/2 tells each client how many
+                # streams it may open, and the excess waits in the client's transport
+                # instead of costing this loop a call it must pick up and refuse.
+                *(
+                    [("grpc.max_concurrent_streams", settings.max_streams_per_connection)]
+                    if settings.max_streams_per_connection
+                    else []
+                ),
             ]
         )
         self.guard = CallGuard(
