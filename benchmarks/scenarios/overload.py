@@ -173,6 +173,8 @@ def report(r: dict[str, Any]) -> str:
         "stream unloaded)",
         f"RESOURCE_EXHAUSTED {o['rejected']}, p50 {o['rejected_p50_ms']:.2f} ms, "
         f"p99 {o['rejected_p99_ms']:.2f} ms; codes {o['codes']}",
+        "failed calls' latency p50/p99 ms by code: "
+        + ", ".join(f"{c} {p50:.1f}/{p99:.1f}" for c, (p50, p99) in o["failed_ms"].items()),
         f"RSS {o['rss_before_mib']:.0f} MiB before, peak {o['rss_peak_mib']:.0f} MiB "
         f"(budget {r['rss_budget_mib']} MiB, {o['rss_samples']} samples)",
         f"CPU seconds: server {o['server_cpu_s']:.1f}, clients {o['client_cpu_s']:.1f}",
