@@ -142,7 +142,7 @@ class ClientCore(Generic[ChannelT]):
             else self._open_channel(target, self._options, self._security.credentials())
         )
         self._stub: Any = pb_grpc.SeqinferStub(self._channel)
-        # Distinct addresses the first call waits for (0: no wait; see ``spread``).
+        # Until the first call: it must first wait for every address (``spread``).
         self.ready_timeout = ready_timeout
         self._spread_pending = self.addresses is not None and len(set(self.addresses)) > 1
         self._spread_lock = threading.Lock()  # the sync client's; the async one awaits a task
