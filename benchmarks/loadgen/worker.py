@@ -32,6 +32,7 @@ from benchmarks.loadgen import messages
 from benchmarks.loadgen.channels import open_channel
 from benchmarks.loadgen.messages import ReplyCheck, SessionMessages
 from benchmarks.loadgen.spec import LoadSpec
+from seqinfer.client.spread import await_spread
 
 # At most this many error texts are kept per process.
 MAX_ERROR_SAMPLES = 5
@@ -315,6 +316,8 @@ async def run_process(
     channels = [open_channel(spec) for _ in range(spec.channels)]
     for channel in channels:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        if spec.addresses:  # as the client's addresses= does: every front end, from the start
+            await await_spread(channel, len(set(spec.addresses)), 30)
     tally = Tally()
     phase = Phase(len(plan), barrier, spec)
     stop = asyncio.Event()

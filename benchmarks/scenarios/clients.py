@@ -96,6 +96,8 @@ class Merged:
     rejected: int = 0
     rejected_p50_ms: float = 0.0
     rejected_p99_ms: float = 0.0
+    # p50 and p99 ms of the failed calls, by status code.
+    failed_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
     sessions: int = 0
     # acknowledged - applied, summed over sessions where positive: steps lost.
     steps_lost: int = 0
@@ -141,6 +143,11 @@ def merge(parts: list[dict[str, Any]]) -> Merged:
         step_mismatches=sum(p["step_mismatches"] for p in parts),
     )
     m.accepted_per_s = m.accepted / m.seconds if m.seconds else 0.0
+    failed: dict[str, list[int]] = {}
+    for p in parts:
+        for code, took in p.get("failed_ns", {}).items():
+            failed.setdefault(code, []).extend(took)
+    m.failed_ms = {code: (_ms(ns, 50), _ms(ns, 99)) for code, ns in sorted(failed.items())}
     for p in parts:
         lost, extra = _gaps(p["acked"], p["applied"])
         m.steps_lost += lost

@@ -50,15 +50,21 @@ def _ready(address: str, token: str) -> bool:
     return True
 
 
-def start_server(log_dir: Path, token_file: Path, probe_token: str) -> tuple[ServerProcess, str]:
-    """`seqinfer serve` with the token file (benchmarks.servers' probe has no token)."""
+def start_server(
+    log_dir: Path, token_file: Path, probe_token: str, stream_cap: int = 0
+) -> tuple[ServerProcess, str]:
+    """`seqinfer serve` with the token file (benchmarks.servers' probe has no token);
+    ``stream_cap``: its max_streams_per_connection (0: off)."""
     port = free_port()
     argv = [
         sys.executable, "-c", SERVE_CODE, "serve",
         "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
         "--device", "cpu", "--log-level", "WARNING",
     ]  # fmt: skip
-    env = server_env(REPO, {"SEQINFER_AUTH_TOKEN_FILE": str(token_file)})
+    settings = {"SEQINFER_AUTH_TOKEN_FILE": str(token_file)}
+    if stream_cap:
+        settings["SEQINFER_MAX_STREAMS_PER_CONNECTION"] = str(stream_cap)
+    env = server_env(REPO, settings)
     server = ServerProcess("seqinfer-tenants", argv, log_dir / "server.log", env=env, cwd=str(REPO))
     server.start()
     address = f"127.0.0.1:{port}"
@@ -118,7 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="seqinfer-tenants-") as tmp:
         token_file = Path(tmp, "tokens")
         token_file.write_text("\n".join(lines) + "\n")
-        server, address = start_server(Path(tmp), token_file, tokens["light"])
+        server, address = start_server(
+            Path(tmp), token_file, tokens["light"], args.max_streams_per_connection
+        )
         try:
             alone = phase(address, tokens["light"], None, args.seconds, args, "alone")
             flooded = phase(address, tokens["light"], tokens["flood"], args.seconds, args, "flood")
@@ -188,6 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--light-sessions", type=int, default=8)
     parser.add_argument("--flood-procs", type=int, default=2)
     parser.add_argument("--flood-sessions", type=int, default=64, help="per process")
+    parser.add_argument(
+        "--max-streams-per-connection",
+        type=int,
+        default=0,
+        help="the server's max_streams_per_connection (HTTP/2 max_concurrent_streams; 0: off)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)
     result = run(args)

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bounds = {**BOUNDS, "SEQINFER_MAX_QUEUE_WAIT_MS": f"{args.max_queue_wait_ms:g}"}
     if args.max_concurrent_rpcs:
         bounds["SEQINFER_MAX_CONCURRENT_RPCS"] = str(args.max_concurrent_rpcs)
+    if args.max_streams_per_connection:
+        bounds["SEQINFER_MAX_STREAMS_PER_CONNECTION"] = str(args.max_streams_per_connection)
     with tempfile.TemporaryDirectory(prefix="seqinfer-overload-") as logs:
         target = start_seqinfer(Path(logs), env=bounds)
         try:
@@ -171,6 +173,8 @@ def report(r: dict[str, Any]) -> str:
         "stream unloaded)",
         f"RESOURCE_EXHAUSTED {o['rejected']}, p50 {o['rejected_p50_ms']:.2f} ms, "
         f"p99 {o['rejected_p99_ms']:.2f} ms; codes {o['codes']}",
+        "failed calls' latency p50/p99 ms by code: "
+        + ", ".join(f"{c} {p50:.1f}/{p99:.1f}" for c, (p50, p99) in o["failed_ms"].items()),
         f"RSS {o['rss_before_mib']:.0f} MiB before, peak {o['rss_peak_mib']:.0f} MiB "
         f"(budget {r['rss_budget_mib']} MiB, {o['rss_samples']} samples)",
         f"CPU seconds: server {o['server_cpu_s']:.1f}, clients {o['client_cpu_s']:.1f}",
@@ -202,6 +206,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="the server's max_concurrent_rpcs (0: BOUNDS' 256); by Little's law it bounds "
         "accepted latency at about this many calls over the throughput",
+    )
+    parser.add_argument(
+        "--max-streams-per-connection",
+        type=int,
+        default=0,
+        help="the server's max_streams_per_connection (HTTP/2 max_concurrent_streams; 0: off)",
     )
     parser.add_argument("--rss-budget-mib", type=float, default=1024.0)
     parser.add_argument("--json", type=Path, help="write the figures here too")

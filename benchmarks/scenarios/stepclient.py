@@ -68,6 +68,8 @@ class ClientResult:
     codes: dict[str, int] = field(default_factory=dict)
     accepted_ns: list[int] = field(default_factory=list)
     rejected_ns: list[int] = field(default_factory=list)
+    # Every failed call's latency by its code (how promptly UNAVAILABLE or CANCELLED came).
+    failed_ns: dict[str, list[int]] = field(default_factory=dict)
     # reply.step differing from the count the client expected (a bug if > 0).
     step_mismatches: int = 0
     acked: dict[str, int] = field(default_factory=dict)
@@ -131,6 +133,8 @@ class Stepper:
             self.codes[e.code().name] += 1
             if e.code() == RESOURCE_EXHAUSTED and self.counting:
                 self.result.rejected_ns.append(took)
+            if self.counting:
+                self.result.failed_ns.setdefault(e.code().name, []).append(took)
             return
         took = time.perf_counter_ns() - started
         self.codes["OK"] += 1

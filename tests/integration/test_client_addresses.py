@@ -15,15 +15,18 @@ makes it slower. Every output equals torch.nn.GRU over the session's inputs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import urllib.request
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
-from seqinfer.client import Client, Session
+from seqinfer.client import AsyncClient, Client, Session
 from seqinfer.service.models.builtin import bench_gru
-from tests.serve_process import ServeProcess, serve_args
-from tests.support import reference_run
+from tests.serve_process import ServeProcess, free_port, serve_args
+from tests.support import reference_run, wait_until
 
 MODEL = bench_gru()
 FRONT = re.compile(r"seqinfer: front end (\d+) on port (\d+) \(pid (\d+)\)")
@@ -100,3 +103,52 @@ def test_a_client_over_both_own_ports_uses_both_front_ends() -> None:
         floor = idle + busy / 4
         assert all(g > floor for g in grew.values()), (grew, busy, idle)
         run.check()
+
+
+def _scraped_calls(url: str, method: str) -> dict[str, float]:
+    """seqinfer_grpc_requests_total{method, code="OK"} by front end, from the engine's scrape."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        s.labels["frontend"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "seqinfer_grpc_requests_total"
+        and s.labels.get("method") == method
+        and s.labels.get("code") == "OK"
+    }
+
+
+FIRST = 8  # calls counted from the client's very first one
+
+
+def test_the_first_calls_spread_evenly_over_both_front_ends() -> None:
+    """The client waits until round_robin reaches both addresses, so its first calls
+    alternate: exactly half of them on each front end (counted by the front ends'
+    own call metrics, on the engine's scrape), sync unary calls and async streams."""
+    port = free_port()
+    args = serve_args("--frontends", "2", "--metrics-port", str(port))
+    with ServeProcess(args, metrics_port=port) as server:
+        server.port()
+        lines = server.wait_lines("seqinfer: front end ", 2)
+        addresses = [f"127.0.0.1:{FRONT.match(line)[2]}" for line in lines]  # type: ignore[index]
+        with Client(addresses=addresses, timeout=30) as client:
+            sessions = [client.open_session("bench-gru") for _ in range(FIRST)]
+
+        async def streams() -> None:
+            async with AsyncClient(addresses=addresses, timeout=30) as aclient:
+                x = np.zeros((1, 64), np.float32)
+                for s in sessions:  # one StreamSteps call each, one after the other
+                    async with aclient.stream() as stream:
+                        await stream.step(s.session_id, x, expected_step=0)
+
+        asyncio.run(streams())
+        url = server.metrics_url()
+        want = {"0": FIRST / 2, "1": FIRST / 2}
+        for method in ("OpenSession", "StreamSteps"):
+            wait_until(
+                lambda m=method: sum(_scraped_calls(url, m).values()) == FIRST,  # type: ignore[misc]
+                30,
+                f"{FIRST} {method} calls on the scrape",
+            )
+            assert _scraped_calls(url, method) == want, method

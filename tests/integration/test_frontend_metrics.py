@@ -18,7 +18,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from seqinfer.service.metrics import PrometheusObserver
-from seqinfer.service.metrics.frontends import methods_from, snapshot
+from seqinfer.service.metrics.frontends import (
+    methods_from,
+    snapshot,
+    tenant_snapshot,
+    tenants_from,
+)
+from seqinfer.service.tenants import new_token, token_hash
 from seqinfer.v1 import seqinfer_pb2 as pb
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 from tests.serve_process import ServeProcess, free_port, serve_args
@@ -123,3 +129,64 @@ def test_a_snapshot_comes_back_as_the_same_counters_and_a_malformed_one_is_refus
     ):
         with pytest.raises(ValueError):
             methods_from(bad)
+
+
+def test_tenant_counters_of_every_front_end_reach_the_engine_scrape(tmp_path) -> None:
+    """metrics_tenant_label under --frontends 2: per-tenant calls, labelled by front end."""
+    tokens = {"alice": new_token(), "bob": new_token()}
+    path = tmp_path / "tokens"
+    path.write_text("".join(f"{token_hash(t)} {name}\n" for name, t in tokens.items()))
+    # Different counts per (front end, tenant), so that no two labels could swap unseen.
+    calls = {("0", "alice"): 2, ("0", "bob"): 3, ("1", "alice"): 4, ("1", "bob"): 1}
+    port = free_port()
+    env = {"SEQINFER_AUTH_TOKEN_FILE": str(path), "SEQINFER_METRICS_TENANT_LABEL": "true"}
+    args = serve_args("--frontends", "2", "--metrics-port", str(port))
+    with ServeProcess(args, env=env, metrics_port=port) as server:
+        server.port()
+        own = {}
+        for line in server.wait_lines("seqinfer: front end ", 2):
+            match = FRONT.match(line)
+            assert match, line
+            own[match[1]] = int(match[2])
+        for (frontend, tenant), count in calls.items():
+            with grpc.insecure_channel(f"127.0.0.1:{own[frontend]}") as channel:
+                stub = pb_grpc.SeqinferStub(channel)
+                metadata = (("authorization", f"Bearer {tokens[tenant]}"),)
+                for _ in range(count):
+                    stub.ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=30)
+                with pytest.raises(grpc.RpcError):  # unauthenticated: no tenant, not counted
+                    stub.ListModels(pb.ListModelsRequest(), timeout=30)
+
+        def tenant_samples() -> dict[tuple[str, str], float]:
+            return {
+                (dict(labels)["frontend"], dict(labels)["tenant"]): value
+                for (name, labels), value in _scrape(server.metrics_url()).items()
+                if name == "seqinfer_tenant_requests_total"
+                and dict(labels)["method"] == "ListModels"
+                and dict(labels)["code"] == "OK"
+            }
+
+        wait_until(
+            lambda: tenant_samples() == calls, 30, "every front end's tenant calls on the scrape"
+        )
+        samples = _scrape(server.metrics_url())
+        tenant_series = [k for k in samples if k[0] == "seqinfer_tenant_requests_total"]
+        # Only OK ListModels calls by a known tenant; each series names its front end.
+        assert len(tenant_series) == len(calls)
+        text = urllib.request.urlopen(server.metrics_url(), timeout=10).read().decode()
+        for token in tokens.values():
+            assert token not in text and token_hash(token) not in text
+
+
+def test_a_tenant_snapshot_round_trips_and_a_malformed_one_is_refused() -> None:
+    observer = PrometheusObserver()
+    observer.tenant_call_finished("alice", "Step", "OK")
+    observer.tenant_call_finished("alice", "Step", "OK")
+    observer.tenant_call_finished("bob", "Step", "RESOURCE_EXHAUSTED")
+    assert tenants_from(tenant_snapshot(observer)) == {
+        ("alice", "Step"): {"OK": 2},
+        ("bob", "Step"): {"RESOURCE_EXHAUSTED": 1},
+    }
+    for bad in ({}, [("alice", "Step")], [("alice", "Step", {"MADE_UP": 1})], [(1, "Step", {})]):
+        with pytest.raises(ValueError):
+            tenants_from(bad)

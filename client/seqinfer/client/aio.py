@@ -11,6 +11,7 @@ two sets of signatures equal).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -31,6 +32,7 @@ from seqinfer.client.messages import Inputs, OutputMode, StepCall, step_options
 from seqinfer.client.options import ChannelOptions, make_aio_channel
 from seqinfer.client.retry import acall_with_retry
 from seqinfer.client.session import AsyncSession, needs_kind
+from seqinfer.client.spread import await_spread
 from seqinfer.client.streamcore import DEFAULT_MAX_IN_FLIGHT
 from seqinfer.client.tensors import DTypeLike, InputKind
 
@@ -42,10 +44,23 @@ AsyncStepItem = StepCall | tuple[AsyncSession, Inputs]
 class AsyncClient(ClientCore[grpc.aio.Channel]):
     """An asyncio connection to a seqinfer server; see ``Client`` for the arguments."""
 
+    _spread_task: asyncio.Future[int] | None = None  # the first call's ``addresses`` wait
+
     def _open_channel(
         self, address: str, options: ChannelOptions, credentials: grpc.ChannelCredentials | None
     ) -> grpc.aio.Channel:
         return make_aio_channel(address, options, credentials)
+
+    async def _spread(self) -> None:
+        """Before the first call over ``addresses``: wait until each address answers."""
+        if self._spread_task is None:  # the first caller starts the probes; all await them
+            assert self.addresses is not None
+            count = len(set(self.addresses))
+            self._spread_task = asyncio.ensure_future(
+                await_spread(self._channel, count, self.ready_timeout)
+            )
+        await asyncio.shield(self._spread_task)
+        self._spread_pending = False
 
     # -- lifecycle --------------------------------------------------------
 
@@ -217,12 +232,15 @@ class AsyncClient(ClientCore[grpc.aio.Channel]):
             self.retry_policy,
             timeout=timeout,
             max_in_flight=max_in_flight,
+            ready=self._spread if self._spread_pending else None,
         )
 
     # -- I/O -------------------------------------------------------------------
 
     async def send(self, call: Call[R], *, timeout: float | None = None) -> R:
         """Sends one prepared call, with retries, and returns its decoded reply."""
+        if self._spread_pending:
+            await self._spread()
         method = getattr(self._stub, call.method)
         metadata = self._call_metadata(call.session_id)
 

@@ -9,7 +9,7 @@ the call from an ``asyncio.Queue`` and a runner task reads replies.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -45,9 +45,12 @@ class AsyncStepStream(StreamCore):
         *,
         timeout: float | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``ready``: awaited before the call first opens (the client's ``addresses`` wait)."""
         super().__init__(policy, timeout)
         self._client = client
+        self._ready = ready
         self._stub_call = stub_call
         self._metadata = metadata
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -58,6 +61,8 @@ class AsyncStepStream(StreamCore):
 
     async def start(self) -> AsyncStepStream:
         """Opens the call; ``async with`` does this for you."""
+        if self._runner is None and self._ready is not None:
+            await self._ready()  # another task's start may open the call meanwhile
         if self._runner is None:
             self._open_call([])
             self._runner = asyncio.get_running_loop().create_task(self._run())

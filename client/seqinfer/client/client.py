@@ -39,6 +39,7 @@ from seqinfer.client.messages import Inputs, OutputMode, StepCall, step_options
 from seqinfer.client.options import ChannelOptions, make_channel
 from seqinfer.client.retry import call_with_retry
 from seqinfer.client.session import Session, needs_kind
+from seqinfer.client.spread import wait_spread
 from seqinfer.client.stream import DEFAULT_MAX_IN_FLIGHT, StepStream
 from seqinfer.client.tensors import DTypeLike, InputKind
 
@@ -59,6 +60,14 @@ class Client(ClientCore[grpc.Channel]):
         self, address: str, options: ChannelOptions, credentials: grpc.ChannelCredentials | None
     ) -> grpc.Channel:
         return make_channel(address, options, credentials)
+
+    def _spread(self) -> None:
+        """Before the first call over ``addresses``: wait until each address answers."""
+        with self._spread_lock:  # the first caller probes; others wait for it, then go
+            if self._spread_pending:
+                assert self.addresses is not None
+                wait_spread(self._channel, len(set(self.addresses)), self.ready_timeout)
+                self._spread_pending = False
 
     # -- lifecycle --------------------------------------------------------
 
@@ -262,6 +271,7 @@ class Client(ClientCore[grpc.Channel]):
             self.retry_policy,
             timeout=timeout,
             max_in_flight=max_in_flight,
+            ready=self._spread if self._spread_pending else None,
         )
 
     # -- I/O -------------------------------------------------------------------
@@ -272,6 +282,8 @@ class Client(ClientCore[grpc.Channel]):
         The public methods build their call and come here; session handles
         use it too (see :class:`~seqinfer.client.handle.SessionOwner`).
         """
+        if self._spread_pending:
+            self._spread()
         method = getattr(self._stub, call.method)
         metadata = self._call_metadata(call.session_id)
 

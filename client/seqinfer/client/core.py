@@ -26,6 +26,7 @@ from seqinfer.client.options import (
 )
 from seqinfer.client.retry import RetryPolicy
 from seqinfer.client.security import Security
+from seqinfer.client.spread import DEFAULT_READY_TIMEOUT
 from seqinfer.client.tensors import InputKind
 from seqinfer.v1 import seqinfer_pb2_grpc as pb_grpc
 
@@ -85,6 +86,11 @@ class ClientCore(Generic[ChannelT]):
             own ports of ``serve --frontends K``), instead of ``address``:
             one channel over all of them that spreads calls round-robin.
             IP literals only, all IPv4 or all IPv6; not with ``channel``.
+            The first call (or stream) waits until every address has
+            answered a health check through the channel (``spread``), so
+            that calls spread over all of them from the start.
+        ready_timeout: with ``addresses``, how long that first call waits
+            at most (seconds) before it goes to the addresses ready by then.
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class ClientCore(Generic[ChannelT]):
         client_key: bytes | None = None,
         token: str | None = None,
         addresses: Sequence[str] | None = None,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> None:
         if addresses is not None and (address is not None or channel is not None):
             raise ValueError("give addresses= or address=/channel=, not both")
@@ -135,6 +142,10 @@ class ClientCore(Generic[ChannelT]):
             else self._open_channel(target, self._options, self._security.credentials())
         )
         self._stub: Any = pb_grpc.SeqinferStub(self._channel)
+        # Until the first call: it must first wait for every address (``spread``).
+        self.ready_timeout = ready_timeout
+        self._spread_pending = self.addresses is not None and len(set(self.addresses)) > 1
+        self._spread_lock = threading.Lock()  # the sync client's; the async one awaits a task
         self._kinds = KindCache()
 
     def _open_channel(

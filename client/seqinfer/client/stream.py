@@ -57,7 +57,9 @@ class StepStream(StreamCore):
         *,
         timeout: float | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        ready: Callable[[], None] | None = None,
     ) -> None:
+        """``ready``: called before the call opens (the client's ``addresses`` wait)."""
         super().__init__(policy, timeout)
         self._client = client
         self._stub_call = stub_call
@@ -66,6 +68,8 @@ class StepStream(StreamCore):
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._call: Any = None
+        if ready is not None:
+            ready()
         self._open_call([])
         self._reader = threading.Thread(
             target=self._read_loop, name="seqinfer-step-stream", daemon=True

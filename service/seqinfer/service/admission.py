@@ -79,12 +79,29 @@ class Admission:
         self._loop = asyncio.get_running_loop()
         self._reply_shapes = {r.key: replies.reply_shape(r.spec) for r in router.runtimes}
         self._many_bound = replies.MessageBound.of(r.spec for r in router.runtimes)
-        self.tenants: Mapping[str, Tenant] = tenants or {}
-        self._rates = {
-            name: StepRate(t.steps_per_second)
-            for name, t in self.tenants.items()
-            if t.steps_per_second > 0
-        }
+        self.tenants: Mapping[str, Tenant] = {}
+        self._rates: dict[str, StepRate] = {}
+        self._queue_quotas: dict[str, tuple[int, int]] = {}
+        self.set_tenants(tenants or {})
+
+    def set_tenants(self, tenants: Mapping[str, Tenant]) -> None:
+        """The quotas from now on (a token file re-read on SIGHUP).
+
+        A tenant whose steps-per-second rate is unchanged keeps its bucket, so
+        that a reload neither refills it nor forgives its debt; sessions and
+        queued steps are not touched (a tenant now over its max_sessions keeps
+        the sessions it has and opens no more).
+        """
+        settings = self.settings
+        self.tenants = dict(tenants)
+        rates: dict[str, StepRate] = {}
+        for name, t in self.tenants.items():
+            if t.steps_per_second > 0:
+                kept = self._rates.get(name)
+                if kept is None or kept.rate != t.steps_per_second:
+                    kept = StepRate(t.steps_per_second)
+                rates[name] = kept
+        self._rates = rates
         # (max queued requests, max queued bytes) by tenant; 0 = that one unbounded.
         self._queue_quotas = {
             name: (

@@ -129,6 +129,15 @@ class Settings(BaseSettings):
         description="Seqinfer calls handled at once (a stream counts once); more are "
         "refused with QUEUE_FULL. Also caps gRPC's own queue of calls not yet picked up.",
     )
+    max_streams_per_connection: int = Field(
+        0,
+        ge=0,
+        le=(1 << 31) - 1,
+        description="Calls one client connection may have open at once (HTTP/2 "
+        "max_concurrent_streams, StreamSteps streams included); a client past it waits in "
+        "its own transport, so the excess never reaches the server's event loop. "
+        "0: no limit (gRPC's default).",
+    )
     max_timesteps: int = Field(4096, ge=1, description="Largest T in one request.")
     long_chunk_threshold: int = Field(
         16, ge=2, description="T at which a request runs through the full-sequence nn.GRU."

@@ -92,10 +92,14 @@ class LocalEngine:
         """``tenants``: the quotas by tenant name (none: no quotas)."""
         self.runtimes = runtimes
         self.settings = settings
-        allowed = {n: t.models for n, t in (tenants or {}).items() if t.models is not None}
-        self.router = Router(runtimes, default_model, allowed)
+        self.router = Router(runtimes, default_model, _allowed(tenants or {}))
         self.draining = False
         self.admission = Admission(self.router, settings, observer, lambda: self.draining, tenants)
+
+    def set_tenants(self, tenants: Mapping[str, Tenant]) -> None:
+        """Quotas and model lists from a re-read token file (SIGHUP); sessions stay as they are."""
+        self.router.allowed = _allowed(tenants)
+        self.admission.set_tenants(tenants)
 
     def begin_drain(self) -> None:
         """From now on, work that would add to a session is refused (DRAINING)."""
@@ -288,3 +292,8 @@ class LocalEngine:
 
 def _ttl(value: float | None) -> float | None:
     return None if value is None else check_ttl(value, "idle_ttl_seconds")
+
+
+def _allowed(tenants: Mapping[str, Tenant]) -> dict[str, frozenset[str]]:
+    """The model lists of the tenants that have one (the router's ``allowed``)."""
+    return {name: t.models for name, t in tenants.items() if t.models is not None}

@@ -7,7 +7,9 @@ exactly as in the single-process server, so ordering, exactly-once and
 every bound hold across front ends; one stream may carry many sessions and
 any front end serves any session. Replies finished in one loop turn leave
 in one message per front end. The front ends' gRPC counters arrive as
-snapshots and are exported here, labelled by front end.
+snapshots and are exported here, labelled by front end. SIGHUP (forwarded
+by the supervisor) re-reads the token file for the tenants' quotas and
+model lists; the front ends re-read it for the tokens themselves.
 
 SIGTERM drains (the supervisor sends it after the front ends have stopped):
 accepted work finishes within ``shutdown_grace_seconds``, then the process
@@ -32,7 +34,7 @@ from seqinfer.service.config import Settings
 from seqinfer.service.engine_client import Admitted, LocalEngine
 from seqinfer.service.errors import SeqinferError, internal
 from seqinfer.service.protocol import StepCommand
-from seqinfer.service.security import token_table
+from seqinfer.service.security import reload_token_table, token_table
 from seqinfer.service.server import SeqinferServer
 
 if TYPE_CHECKING:
@@ -74,7 +76,7 @@ class EngineHost:
                 for seq in message[1]:
                     self._recall(identity, seq)
             elif message[0] == "metrics":
-                self._frontend_metrics(message[1], message[2])
+                self._frontend_metrics(message[1], message[2], message[3])
             else:
                 _, seq, method, args = message
                 task = asyncio.get_running_loop().create_task(
@@ -83,18 +85,19 @@ class EngineHost:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _frontend_metrics(self, frontend: object, snapshot: object) -> None:
+    def _frontend_metrics(self, frontend: object, snapshot: object, tenants: object) -> None:
         """Keep a front end's latest counters for the exporter; never answered."""
         if self._observer is None:
             return
-        from seqinfer.service.metrics.frontends import methods_from
+        from seqinfer.service.metrics.frontends import methods_from, tenants_from
 
         try:
             methods = methods_from(snapshot)
+            by_tenant = tenants_from(tenants)
         except (ValueError, TypeError) as error:
             log.warning("metrics: front end %s sent a bad snapshot: %s", frontend, error)
             return
-        if not self._observer.set_frontend(str(frontend), methods):
+        if not self._observer.set_frontend(str(frontend), methods, by_tenant):
             log.warning("metrics: too many front ends; front end %s not exported", frontend)
 
     def close(self) -> None:
@@ -202,6 +205,11 @@ async def _main(settings: Settings, socket_path: str) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    if settings.auth_token_file is not None:
+        engine = server.engine
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: _reload_tenants(settings, engine)
+        )
     print(READY, flush=True)
     await stop.wait()
     log.info("engine: draining")
@@ -210,6 +218,14 @@ async def _main(settings: Settings, socket_path: str) -> int:
     serving.cancel()
     host.close()
     return 1 if server.timed_out else 0
+
+
+def _reload_tenants(settings: Settings, engine: LocalEngine) -> None:
+    """SIGHUP from the supervisor: the quotas and model lists of the token file as it is
+    now (the front ends re-read it for the tokens); a refused file keeps the old ones."""
+    table = reload_token_table(settings)
+    if table is not None:
+        engine.set_tenants(table.tenants)
 
 
 def main() -> None:

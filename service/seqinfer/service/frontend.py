@@ -14,7 +14,8 @@ an IPC message for its metrics.
 Ports: all front ends bind the public port with SO_REUSEPORT, and the
 kernel spreads connections (not requests) over them; each also binds a port
 of its own, so that a client can spread its channels evenly (the client's
-``addresses``). SIGHUP: the TLS files are read again (``security``).
+``addresses``). SIGHUP: the TLS files and the token file are read again
+(``security``); the engine process re-reads the token file for the quotas.
 SIGTERM: health turns NOT_SERVING, new work gets DRAINING, calls in flight
 finish within the grace period, exit 0.
 """
@@ -49,7 +50,9 @@ async def _main(settings: Settings, socket_path: str, index: int, counted: bool)
         from seqinfer.service.metrics import PrometheusObserver
 
         counters = PrometheusObserver()
-        metrics = FrontendMetrics(counters, lambda snapshot: engine.send_metrics(index, snapshot))
+        metrics = FrontendMetrics(
+            counters, lambda snapshot, tenants: engine.send_metrics(index, snapshot, tenants)
+        )
         observer = counters
     front = GrpcFront(
         settings,
@@ -65,8 +68,9 @@ async def _main(settings: Settings, socket_path: str, index: int, counted: bool)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    # The supervisor forwards its SIGHUP here: each front end holds its own TLS.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, front.reload_certificates)
+    # The supervisor forwards its SIGHUP here: each front end holds its own TLS
+    # and its own copy of the tokens (the guard); the engine holds the quotas.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: _reload(front))
     print(f"{SERVING} {index} port {front.port} own_port {front.own_port}", flush=True)
     await stop.wait()
     engine.begin_drain()
@@ -76,6 +80,11 @@ async def _main(settings: Settings, socket_path: str, index: int, counted: bool)
         metrics.stop()
     await engine.shutdown()
     return 0
+
+
+def _reload(front: GrpcFront) -> None:
+    front.reload_certificates()
+    front.reload_tokens()
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ than the engine.
 from __future__ import annotations
 
 import logging
+import secrets
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,7 +20,7 @@ from seqinfer.service.engine_client import EngineClient
 from seqinfer.service.guard import CallGuard
 from seqinfer.service.observer import Observer
 from seqinfer.service.reflection import enable_reflection
-from seqinfer.service.security import ServerTls
+from seqinfer.service.security import ServerTls, reload_token_table
 from seqinfer.service.servicer import SeqinferServicer
 from seqinfer.service.tenants import TokenTable
 from seqinfer.service.wire import add_servicer
@@ -27,6 +28,25 @@ from seqinfer.v1 import seqinfer_pb2 as pb
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Seqinfer"].full_name
+
+
+# Trailing metadata of every health check: which server process answered (a
+# random id, nothing else), so that a client over several front ends' ports
+# can tell when its round_robin channel reaches all of them (the client's
+# ``spread``). Health is open to all; the id says nothing about sessions.
+SERVER_ID = "x-seqinfer-server-id"
+
+
+class _NamedHealth(health.aio.HealthServicer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.server_id = secrets.token_hex(8)
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        context.set_trailing_metadata(((SERVER_ID, self.server_id),))
+        return await super().Check(request, context)
 
 
 class GrpcFront:
@@ -63,16 +83,24 @@ class GrpcFront:
                 # maximum_concurrent_rpcs would make that queue wait instead.)
                 ("grpc.server.max_pending_requests", calls),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * calls),
+                # Opt-in shedding below Python: HTTP/2 tells each client how many
+                # streams it may open, and the excess waits in the client's transport
+                # instead of costing this loop a call it must pick up and refuse.
+                *(
+                    [("grpc.max_concurrent_streams", settings.max_streams_per_connection)]
+                    if settings.max_streams_per_connection
+                    else []
+                ),
             ]
         )
-        guard = CallGuard(
+        self.guard = CallGuard(
             observer,
             settings.max_concurrent_rpcs,
             tokens,
             tenant_label=settings.metrics_tenant_label,
         )
-        add_servicer(SeqinferServicer(engine, settings), self.server, guard)
-        self.health = health.aio.HealthServicer()
+        add_servicer(SeqinferServicer(engine, settings), self.server, self.guard)
+        self.health = _NamedHealth()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
             enable_reflection((SERVICE_NAME, health.SERVICE_NAME), self.server)
@@ -100,9 +128,22 @@ class GrpcFront:
     def reload_certificates(self) -> bool:
         """SIGHUP: new connections use the files as they are now (see ``security``)."""
         if self.tls is None:
-            log.info("SIGHUP ignored: this server does not serve TLS")
+            log.info("SIGHUP: this server serves no TLS, no certificate to reload")
             return False
         return self.tls.reload()
+
+    def reload_tokens(self) -> TokenTable | None:
+        """SIGHUP: the guard checks calls against the token file as it is now.
+
+        Returns the new table (for the engine's quotas), or None when there is
+        no token file or the file was refused (the guard keeps the old one).
+        A call already past the guard goes on; the next call with a removed
+        token is UNAUTHENTICATED.
+        """
+        table = reload_token_table(self.settings)
+        if table is not None:
+            self.guard.tokens = table
+        return table
 
     async def not_serving(self) -> None:
         """Health reads NOT_SERVING from now on (the drain's first step)."""

@@ -8,8 +8,9 @@ One DEALER socket per front end, one ROUTER in the engine. Envelopes:
   front ends do; and ``("call", seq, method, args)`` for every other command
   (``CALLS``); ``("cancel", [seq, ...])``, the steps whose callers went
   away, sent after the steps they recall (never answered); and
-  ``("metrics", frontend_index, snapshot)`` about once a
-  second and at shutdown, the front end's gRPC counters as plain data
+  ``("metrics", frontend_index, snapshot, tenants)`` about once a
+  second and at shutdown, the front end's gRPC counters (and its calls by
+  tenant, with ``metrics_tenant_label``) as plain data
   (``metrics.frontends``), which the engine keeps for its exporter and
   never answers;
 - engine → front: ``("replies", [(seq, reply), ...])``, every reply the

@@ -100,9 +100,9 @@ class RemoteEngine:
         self._socket.close(linger=SHUTDOWN_LINGER_MS)
         self._context.term()
 
-    def send_metrics(self, frontend: int, snapshot: object) -> None:
+    def send_metrics(self, frontend: int, snapshot: object, tenants: object) -> None:
         """One ``("metrics", ...)`` envelope of the front end's counters; never answered."""
-        self._socket.send(ipc.encode(("metrics", frontend, snapshot)))
+        self._socket.send(ipc.encode(("metrics", frontend, snapshot, tenants)))
 
     def begin_drain(self) -> None:
         self.draining = True

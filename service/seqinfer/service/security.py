@@ -1,8 +1,10 @@
 """What a server exposed beyond loopback needs: TLS (mutual or not, reloadable) and its tokens.
 
-Both are read once at start-up, before any model is loaded, so a missing
+Both are read at start-up, before any model is loaded, so a missing
 certificate or a malformed token file stops the server at once with the
-file (and line) named, not after minutes of loading. With a certificate the
+file (and line) named, not after minutes of loading. Both are read again on
+SIGHUP (``ServerTls.reload``, ``reload_token_table``), where a bad file is
+refused with a log line and the running configuration stays. With a certificate the
 server listens with TLS only; there is no plaintext port beside it.
 
 Certificate rotation without a restart (``ServerTls.reload``, on SIGHUP):
@@ -150,3 +152,25 @@ def server_tls(settings: Settings) -> ServerTls | None:
 
 def token_table(settings: Settings) -> TokenTable | None:
     return None if settings.auth_token_file is None else TokenTable.load(settings.auth_token_file)
+
+
+def reload_token_table(settings: Settings) -> TokenTable | None:
+    """SIGHUP: the token file as it is now, or None (logged, line named) to keep the old table.
+
+    Unlike at start-up, a file that does not parse does not stop the server:
+    it goes on serving with the tokens it had, and says why in the log.
+    """
+    if settings.auth_token_file is None:
+        return None
+    try:
+        table = TokenTable.load(settings.auth_token_file)
+    except TokenFileError as exc:
+        log.error("token file reload refused, still using the previous tokens: %s", exc)
+        return None
+    log.info(
+        "token file reload: %d tokens of %d tenants from %s",
+        len(table),
+        len(table.tenants),
+        settings.auth_token_file,
+    )
+    return table

@@ -159,6 +159,23 @@ class SeqinferServer:
         """Re-read the TLS files for new connections (SIGHUP); False keeps the old ones."""
         return self._front is not None and self._front.reload_certificates()
 
+    def reload_tokens(self) -> bool:
+        """Re-read the token file (SIGHUP): the guard's tokens, the engine's quotas and
+        model lists. False (logged) keeps the old table; sessions are never touched."""
+        if self._front is None or self.engine is None:
+            return False
+        table = self._front.reload_tokens()
+        if table is None:
+            return False
+        self.engine.set_tenants(table.tenants)
+        return True
+
+    def reload(self) -> None:
+        """SIGHUP: the TLS files, then the token file; each kept as it was if refused."""
+        self.reload_certificates()
+        if self.settings.auth_token_file is not None:
+            self.reload_tokens()
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work (UNAVAILABLE/DRAINING), NOT_SERVING, finish accepted
         work, close; all within one deadline ``grace`` seconds away.
@@ -212,7 +229,7 @@ class SeqinferServer:
         self._stopped.set()
 
     async def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT, then drain and return; SIGHUP reloads the TLS files.
+        """Run until SIGTERM/SIGINT, then drain and return; SIGHUP reloads TLS and tokens.
 
         If the grace period ended with steps unanswered, the process exits 1
         here: an engine thread still computing would keep Python from exiting.
@@ -222,7 +239,7 @@ class SeqinferServer:
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_certificates)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         print(f"seqinfer: serving on {self.address}", flush=True)
         await stop_requested.wait()
         log.info("signal received: draining")

@@ -17,8 +17,9 @@ fork.
   the front ends' own ports.
 - A front end that dies is started again, under the same index.
 - The engine dying ends everything, with exit 1 and a line saying so.
-- SIGHUP is forwarded to every front end, which re-reads its TLS files
-  (``security``); the engine has no port and is not told.
+- SIGHUP is forwarded to every front end, which re-reads its TLS files and
+  the token file (``security``); with a token file, also to the engine,
+  which re-reads it for the tenants' quotas and model lists.
 - SIGTERM or SIGINT: every front end is stopped first (each turns health
   NOT_SERVING, refuses new work and lets its calls finish), then the engine
   drains; exit 0 when all of them exited 0.
@@ -61,6 +62,9 @@ class Supervisor:
         os.chmod(self._dir, 0o700)
         self._socket_path = str(self._dir / "engine.sock")
         self._engine: asyncio.subprocess.Process | None = None
+        # Set once the engine said it is ready (its SIGHUP handler is in place by then:
+        # an earlier SIGHUP would end it).
+        self._engine_ready = False
         self._fronts: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
 
@@ -119,13 +123,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward_sighup)
-        if self.settings.metrics_tenant_label:
-            log.warning(
-                "metrics_tenant_label: front ends do not forward tenant counters yet; "
-                "seqinfer_tenant_requests_total stays empty under --frontends"
-            )
         self._engine = await self._spawn(ENGINE, self.settings)
         await self._first_line(self._engine, "seqinfer-engine: ready", "the engine")
+        self._engine_ready = True
         print(f"seqinfer: engine ready (pid {self._engine.pid})", flush=True)
         probe, port = None, self.settings.port
         if port == 0:
@@ -167,8 +167,13 @@ class Supervisor:
                 await self._start_frontend(index, front_settings)
 
     def _forward_sighup(self) -> None:
-        # Only the front ends hold TLS; the engine process has no gRPC port.
-        log.info("SIGHUP: reloading TLS files in %d front ends", len(self._fronts))
+        # The front ends hold TLS and check tokens; the engine holds the tenants'
+        # quotas and model lists, so it re-reads the token file too (first: a
+        # token new to a front end should find its quotas already in place).
+        log.info("SIGHUP: reloading TLS and token files in %d front ends", len(self._fronts))
+        if self.settings.auth_token_file is not None and self._engine_ready:
+            assert self._engine is not None
+            _signal(self._engine, signal.SIGHUP)
         for process in self._fronts.values():
             _signal(process, signal.SIGHUP)
 

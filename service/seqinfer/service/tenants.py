@@ -12,9 +12,11 @@ The token file holds no secret in clear: one line per token,
         [max_queued=N] [max_queued_bytes=N] [models=a,b]
 
 with ``#`` comments and blank lines allowed. ``seqinfer token new`` prints a
-fresh token and its line. A presented token is hashed and compared with
-every entry in constant time (``hmac.compare_digest``, no early exit), so
-the time of a refusal says nothing about which hashes exist.
+fresh token and its line. A table is immutable: a reload (SIGHUP) builds a
+new one and swaps it in whole, so a call sees either the old file or the new.
+A presented token is hashed and compared with every entry in constant time
+(``hmac.compare_digest``, no early exit), so the time of a refusal says
+nothing about which hashes exist.
 
 Plain code, no grpc: the gRPC side reads the token from the call's metadata
 (``guard``), the engine side enforces the quotas (``admission``,
@@ -72,6 +74,9 @@ class TokenTable:
     def __init__(self, entries: list[tuple[bytes, Tenant]]) -> None:
         self._entries = entries
         self.tenants = {tenant.name: tenant for _, tenant in entries}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     @classmethod
     def load(cls, path: Path) -> TokenTable:

@@ -159,6 +159,8 @@ class PrometheusObserver(Observer):
         # Front end index -> its latest per-method snapshot (``serve --frontends K``).
         # Each entry is replaced whole, on the event loop; a scrape reads a copy.
         self._frontends: dict[str, dict[str, MethodCounters]] = {}
+        # Front end index -> its latest calls by (tenant, method) and code (as ``_tenants``).
+        self._frontend_tenants: dict[str, dict[tuple[str, str], dict[str, int]]] = {}
         # (tenant, method) -> {code: calls}; filled only with metrics_tenant_label on.
         self._tenants: dict[tuple[str, str], dict[str, int]] = {}
 
@@ -174,11 +176,25 @@ class PrometheusObserver(Observer):
         """Each front end's latest per-method counters, by front end index (a copy)."""
         return dict(self._frontends)
 
-    def set_frontend(self, frontend: str, methods: dict[str, MethodCounters]) -> bool:
-        """Keep ``methods`` as front end ``frontend``'s latest; False past MAX_FRONTENDS."""
+    def frontend_tenant_totals(self) -> dict[str, dict[tuple[str, str], dict[str, int]]]:
+        """Each front end's latest calls by (tenant, method) and code, by index (a copy)."""
+        return dict(self._frontend_tenants)
+
+    def set_frontend(
+        self,
+        frontend: str,
+        methods: dict[str, MethodCounters],
+        tenants: dict[tuple[str, str], dict[str, int]] | None = None,
+    ) -> bool:
+        """Keep ``methods`` (and ``tenants``, its per-tenant calls) as front end
+        ``frontend``'s latest; False past MAX_FRONTENDS."""
         if frontend not in self._frontends and len(self._frontends) >= MAX_FRONTENDS:
             return False
         self._frontends[frontend] = methods
+        if tenants:
+            self._frontend_tenants[frontend] = tenants
+        else:
+            self._frontend_tenants.pop(frontend, None)
         return True
 
     # -- slow paths: the first event of a model or method ----------------------------

@@ -300,18 +300,39 @@ def grpc_families(
     return [requests, in_flight, duration]
 
 
+def tenant_family(
+    tenants: dict[tuple[str, str], dict[str, int]],
+    frontends: dict[str, dict[tuple[str, str], dict[str, int]]] | None = None,
+) -> Metric:
+    """TENANT_REQUESTS; with ``frontends``, labelled ``frontend`` as ``grpc_families`` does."""
+    sources = [("", tenants)]
+    extra: tuple[str, ...] = ()
+    if frontends is not None:
+        extra = ("frontend",)
+        sources += sorted(frontends.items(), key=lambda item: (len(item[0]), item[0]))
+    family = TENANT_REQUESTS.labelled(*extra).counter()
+    for frontend, table in sources:
+        tail = [frontend] if extra else []
+        for (tenant, method), codes in sorted(table.items()):
+            for code, count in sorted(codes.items()):
+                family.add_metric([tenant, method, code, *tail], count)
+    return family
+
+
 def event_families(
     models: dict[str, ModelCounters],
     methods: dict[str, MethodCounters],
     frontends: dict[str, dict[str, MethodCounters]] | None = None,
     tenants: dict[tuple[str, str], dict[str, int]] | None = None,
+    frontend_tenants: dict[str, dict[tuple[str, str], dict[str, int]]] | None = None,
 ) -> list[Metric]:
-    """The EVENTS families, in that order, from the observer's counters."""
+    """The EVENTS families, in that order, from the observer's counters.
+
+    Under ``serve --frontends K`` the per-tenant calls are counted in the
+    front ends and come labelled by front end, like the gRPC families.
+    """
     requests, in_flight, duration = grpc_families(methods, frontends)
-    by_tenant = TENANT_REQUESTS.counter()
-    for (tenant, method), codes in sorted((tenants or {}).items()):
-        for code, count in sorted(codes.items()):
-            by_tenant.add_metric([tenant, method, code], count)
+    by_tenant = tenant_family(tenants or {}, frontend_tenants if frontends else None)
     steps = STEPS.counter()
     timesteps = REQUEST_TIMESTEPS.histogram()
     latency = STEP_LATENCY.histogram()
@@ -375,6 +396,11 @@ class SeqinferCollector(Collector):
         # that rates and dashboards show 0 rather than nothing for an idle model.
         for s in stats:
             models.setdefault(s.model, ModelCounters())
+        observer = self._observer
         yield from event_families(
-            models, methods, self._observer.frontend_totals(), self._observer.tenant_totals()
+            models,
+            methods,
+            observer.frontend_totals(),
+            observer.tenant_totals(),
+            observer.frontend_tenant_totals(),
         )

@@ -9,9 +9,11 @@ cumulative numbers, so a lost or late snapshot costs only freshness, and the
 engine keeps the latest one per front end.
 
 A snapshot is ``{method: (in_flight, {code: count}, [bucket counts], sum)}``:
-builtins only, as ``ipc`` wants, with the buckets of ``LATENCY_BUCKETS``.
-``methods_from`` checks it before the engine keeps it, so a malformed one is
-refused whole rather than half-exported.
+builtins only, as ``ipc`` wants, with the buckets of ``LATENCY_BUCKETS``;
+beside it go the calls by tenant (``metrics_tenant_label``), as
+``[(tenant, method, {code: count}), ...]``. ``methods_from`` and
+``tenants_from`` check them before the engine keeps them, so a malformed one
+is refused whole rather than half-exported.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from seqinfer.service.metrics.counters import (
 log = logging.getLogger(__name__)
 
 Snapshot = dict[str, tuple[int, dict[str, int], list[int], float]]
+# Calls by tenant (with metrics_tenant_label): [(tenant, method, {code: count}), ...].
+TenantSnapshot = list[tuple[str, str, dict[str, int]]]
 # How often a front end sends its counters: a scrape sees them at most this late.
 PUSH_SECONDS = 1.0
 
@@ -42,6 +46,32 @@ def snapshot(observer: PrometheusObserver) -> Snapshot:
         method: (m.in_flight, m.codes.copy(), m.duration.counts.copy(), m.duration.total)
         for method, m in methods.items()
     }
+
+
+def tenant_snapshot(observer: PrometheusObserver) -> TenantSnapshot:
+    """``observer``'s calls by tenant, as plain data (empty without metrics_tenant_label)."""
+    return [(tenant, method, codes) for (tenant, method), codes in observer.tenant_totals().items()]
+
+
+def tenants_from(data: object) -> dict[tuple[str, str], dict[str, int]]:
+    """The per-tenant calls a tenant snapshot describes; ValueError if it is not one."""
+    if not isinstance(data, list):
+        raise ValueError("a tenant snapshot is a list of (tenant, method, codes)")
+    tenants: dict[tuple[str, str], dict[str, int]] = {}
+    for entry in data:
+        ok = isinstance(entry, tuple | list) and len(entry) == 3
+        tenant, method, codes = entry if ok else ("", "", None)
+        ok = (
+            ok
+            and isinstance(tenant, str)
+            and isinstance(method, str)
+            and isinstance(codes, dict)
+            and all(c in STATUS_CODES and isinstance(n, int) for c, n in codes.items())
+        )
+        if not ok or not isinstance(codes, dict):
+            raise ValueError(f"malformed tenant snapshot entry {entry!r:.80}")
+        tenants[(tenant, method)] = dict(codes)
+    return tenants
 
 
 def methods_from(data: object) -> dict[str, MethodCounters]:
@@ -78,7 +108,7 @@ class FrontendMetrics:
     def __init__(
         self,
         observer: PrometheusObserver,
-        send: Callable[[Snapshot], None],
+        send: Callable[[Snapshot, TenantSnapshot], None],
         interval: float = PUSH_SECONDS,
     ) -> None:
         self.observer = observer
@@ -90,7 +120,7 @@ class FrontendMetrics:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def push(self) -> None:
-        self._send(snapshot(self.observer))
+        self._send(snapshot(self.observer), tenant_snapshot(self.observer))
 
     async def _run(self) -> None:
         while True:
