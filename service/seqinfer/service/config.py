@@ -16,11 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class ConfigError(Exception):
@@ -203,7 +199,6 @@ class Settings(BaseSettings):
     max_request_id_bytes: int = Field(
         128, ge=1, description="Longest accepted request id (echoed in replies, kept per session)."
     )
-
     cuda_graphs: bool = Field(
         True,
         description="On CUDA, capture the single-step batch as a CUDA graph per batch-size "
@@ -254,7 +249,6 @@ class Settings(BaseSettings):
         "(a crash loses at most this window); 0 = only on shutdown. With write-through: "
         "how often what no step wrote (forks, imports, closed sessions) is written.",
     )
-
     device_sessions: int = Field(
         0,
         ge=0,
