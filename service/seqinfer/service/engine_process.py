@@ -33,6 +33,7 @@ from seqinfer.service import ipc
 from seqinfer.service.config import Settings
 from seqinfer.service.engine_client import Admitted, LocalEngine
 from seqinfer.service.errors import SeqinferError, internal
+from seqinfer.service.heap import freeze_startup_heap
 from seqinfer.service.protocol import StepCommand
 from seqinfer.service.security import reload_token_table, token_table
 from seqinfer.service.server import SeqinferServer
@@ -210,6 +211,7 @@ async def _main(settings: Settings, socket_path: str) -> int:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGHUP, lambda: _reload_tenants(settings, engine)
         )
+    freeze_startup_heap()
     print(READY, flush=True)
     await stop.wait()
     log.info("engine: draining")

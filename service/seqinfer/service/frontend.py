@@ -31,6 +31,7 @@ import sys
 from seqinfer.service import ipc
 from seqinfer.service.config import Settings
 from seqinfer.service.grpc_front import GrpcFront
+from seqinfer.service.heap import freeze_startup_heap
 from seqinfer.service.metrics.frontends import FrontendMetrics
 from seqinfer.service.observer import NULL_OBSERVER, Observer
 from seqinfer.service.remote_engine import RemoteEngine
@@ -65,6 +66,7 @@ async def _main(settings: Settings, socket_path: str, index: int, counted: bool)
     await front.start()
     if metrics is not None:
         metrics.start()
+    freeze_startup_heap()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

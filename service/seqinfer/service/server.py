@@ -17,6 +17,7 @@ from seqinfer.service.durability import Durability
 from seqinfer.service.engine_client import LocalEngine
 from seqinfer.service.errors import ModelLoadError
 from seqinfer.service.grpc_front import GrpcFront
+from seqinfer.service.heap import freeze_startup_heap
 from seqinfer.service.models.spec import LoadedModel
 from seqinfer.service.observer import NULL_OBSERVER, Observer, RuntimeStats
 from seqinfer.service.runtime import ModelRuntime
@@ -235,6 +236,7 @@ class SeqinferServer:
         here: an engine thread still computing would keep Python from exiting.
         """
         await self.start()
+        freeze_startup_heap()
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
