@@ -25,6 +25,7 @@ LOADS: dict[str, dict[str, Any]] = {
     "stream N=256": {"transport": "stream", "sessions": 256},
     "StepMany x256": {"transport": "many", "sessions": 256, "per_message": 256},
     "stream N=1": {"transport": "stream", "sessions": 1},
+    "unary N=64": {"transport": "unary", "sessions": 64},
 }
 Runs = dict[str, dict[str, list[dict[str, float]]]]  # load → configuration → one per repeat
 
@@ -49,8 +50,10 @@ def run(
     loads: list[str],
     duration: float,
     repeat: int,
+    roots: Mapping[str, Path] | None = None,
 ) -> Runs:
-    """``configurations``: name → the `serve` flags, given a fresh scratch directory."""
+    """``configurations``: name → the `serve` flags, given a fresh scratch directory;
+    ``roots``: name → the seqinfer tree that serves it (default: this one)."""
     results: Runs = {}
     with tempfile.TemporaryDirectory(prefix="seqinfer-sbs-") as scratch:
         logs = Path(scratch, "logs")
@@ -60,7 +63,10 @@ def run(
             for n, (name, flags) in enumerate(configurations.items()):
                 workdir = Path(scratch, f"c{n}")
                 workdir.mkdir()
-                target = start_seqinfer(logs, flags(str(workdir)), name=f"config{n}")
+                root = (roots or {}).get(name)
+                target = start_seqinfer(
+                    logs, flags(str(workdir)), name=f"config{n}", **({"root": root} if root else {})
+                )
                 target.tree = True  # with front ends, the server is several processes
                 targets[name] = target
             for _ in range(repeat):
